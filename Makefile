@@ -1,0 +1,51 @@
+# dla_repro — the two commands a researcher needs are `make reproduce` and `make test`.
+# Everything runs inside .venv, created from the exact versions in requirements/lock.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= quick
+
+.PHONY: setup reproduce test smoke lab ui lock clean-results help
+
+help:
+	@echo "make reproduce   run every notebook in notebooks/pipeline.yaml (profile=$(PROFILE)), log to MLflow, write results/"
+	@echo "make test        run the test suite"
+	@echo "make smoke       run the whole pipeline in the seconds-long smoke profile"
+	@echo "make lab         JupyterLab on this repository (127.0.0.1)"
+	@echo "make ui          MLflow UI over the project's store (127.0.0.1)"
+	@echo "make lock        re-resolve requirements/lock.txt from pyproject.toml"
+
+# Idempotent: reinstalls only when the lock or pyproject.toml changed.
+setup: $(STAMP)
+$(STAMP): requirements/lock.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+reproduce: setup
+	$(BIN)/dla-repro run --profile $(PROFILE)
+
+smoke: setup
+	$(BIN)/dla-repro run --profile smoke
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lab: setup
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir .
+
+ui: setup
+	$(BIN)/dla-repro ui
+
+# Resolve the newest versions pyproject.toml admits into a scratch venv and freeze them.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	( echo "# Exact versions used by 'make setup'. Regenerate with 'make lock' (see README)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude dla_repro --exclude dla-repro ) > requirements/lock.txt
+	rm -rf .lock-venv
