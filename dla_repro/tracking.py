@@ -1,0 +1,392 @@
+"""MLflow tracking for notebooks, sweeps and trained configurations.
+
+Layout of what lands in MLflow:
+
+* one **experiment per notebook** (``dla_classification``, ``data_tour`` …), tagged
+  ``mlflow.experimentKind = custom_model_development`` so MLflow 3.x opens it on the
+  runs table rather than on the GenAI traces overview;
+* one **notebook run** per execution of a notebook (``start_notebook_run``), carrying
+  the notebook's parameters, the profile, provenance (git commit + dirty flag,
+  library versions, hardware), its figures and tables, and — when the pipeline ran
+  it — the executed ``.ipynb``;
+* one **child run per trained configuration** (``child_run``), nested under the
+  notebook run or under a sweep run nested in it, carrying the flattened config,
+  per-epoch metrics, the dataset (``mlflow.log_input``) and the final checkpoint.
+
+The store defaults to ``sqlite:///<repo>/mlflow.db`` resolved from the repository
+root (papermill's working directory is the notebook's folder), with artifacts in
+``<repo>/mlartifacts``. ``MLFLOW_TRACKING_URI`` overrides it, e.g. a team server.
+SQLite is switched to WAL journaling and its first initialisation is serialised
+by a file lock, so several processes can log to one store at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .paths import repo_root, results_dir
+
+PARENT_RUN_ENV = "DLA_REPRO_PARENT_RUN_ID"
+"""Set by ``dla-repro run``: the notebook run the pipeline created for this execution."""
+
+PROFILE_ENV = "DLA_REPRO_PROFILE"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+_state: dict[str, Any] = {"profile": None, "configured_uri": None}
+
+
+# --------------------------------------------------------------------------- store
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the repository's ``sqlite:///…/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    return Path(os.environ.get("DLA_REPRO_ARTIFACTS", repo_root() / "mlartifacts")).resolve()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def configure() -> str:
+    """Point MLflow at the project's store; create and migrate it once, safely.
+
+    Idempotent per process. Returns the tracking URI in use.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    if _state["configured_uri"] == uri:
+        return uri
+    mlflow.set_tracking_uri(uri)
+    db = _sqlite_path(uri)
+    if db is not None:
+        # Several processes opening a fresh store at once would race on the schema
+        # migrations: serialise the first contact, then switch to WAL so readers
+        # and the one writer do not block each other.
+        with _file_lock(db.with_name(db.name + ".lock")):
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).search_experiments(max_results=1)
+            with sqlite3.connect(db, timeout=30) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+    _state["configured_uri"] = uri
+    return uri
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The experiment id for ``name``, created (with the UI tag) if absent."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = configure()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if _sqlite_path(uri) is not None:
+            location = (artifact_root() / name).as_uri()
+        try:
+            exp_id = client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our lookup and our create.
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        return exp_id
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+# ---------------------------------------------------------------------- provenance
+def flatten(params: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` → ``{"a.b": "1", "c": "[1, 2]"}`` (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name, sep))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            flat[name] = text[:6000]  # MLflow's param value limit
+    return flat
+
+
+def git_state(root: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the repository (MLflow cannot see them under papermill)."""
+    root = root or repo_root()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown", "git_branch": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "git_branch": branch}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def hardware() -> dict[str, str]:
+    """The machine a number was measured on, as short strings."""
+    import torch
+
+    info = {
+        "cpu": _cpu_name(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "gpu": "none",
+    }
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        info["gpu"] = f"{n}x {torch.cuda.get_device_name(0)}"
+    return info
+
+
+def hardware_label() -> str:
+    """One line for figure titles: ``"NVIDIA H100 80GB HBM3"`` or ``"CPU: <model>, 2 cores"``."""
+    hw = hardware()
+    if hw["gpu"] != "none":
+        return hw["gpu"]
+    return f"CPU: {hw['cpu']} ({hw['cpu_count']} cores)"
+
+
+def environment() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cuda": str(torch.version.cuda),
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none",
+        "platform": platform.platform(),
+    }
+
+
+def provenance_tags() -> dict[str, str]:
+    git = git_state()
+    tags = {
+        "mlflow.source.git.commit": git["git_commit"],
+        "git_commit": git["git_commit"],
+        "git_dirty": git["git_dirty"],
+        "git_branch": git["git_branch"],
+    }
+    tags.update({f"env.{k}": v for k, v in environment().items()})
+    tags.update({f"hw.{k}": v for k, v in hardware().items()})
+    return tags
+
+
+# ----------------------------------------------------------------------- runs
+def current_profile() -> str:
+    return _state["profile"] or os.environ.get(PROFILE_ENV, "quick")
+
+
+def start_notebook_run(
+    experiment: str, params: Mapping[str, Any], profile: str, run_name: str | None = None
+):
+    """Open the run of one notebook execution and return it (``mlflow.ActiveRun``).
+
+    Under ``dla-repro run`` the pipeline has already created the run and exported its
+    id in ``DLA_REPRO_PARENT_RUN_ID``: the notebook logs into that run, so the
+    executed notebook the pipeline logs afterwards sits beside the figures.
+    Run in JupyterLab, a fresh run is created. Any run left active in this kernel
+    (a re-executed cell) is closed first. End it with ``end_notebook_run()``.
+    """
+    import mlflow
+
+    _state["profile"] = profile
+    exp_id = get_or_create_experiment(experiment)
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if parent:
+        run = mlflow.start_run(run_id=parent)
+    else:
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"{experiment}-{profile}")
+    _log_params_once(params)
+    mlflow.set_tags({**provenance_tags(), "profile": profile, "kind": "notebook"})
+    return run
+
+
+def end_notebook_run(status: str = "FINISHED") -> None:
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status=status)
+
+
+def _log_params_once(params: Mapping[str, Any]) -> None:
+    """Log params, skipping keys already on the run with the same value (resume)."""
+    import mlflow
+
+    flat = flatten(params)
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: v for k, v in flat.items() if k not in existing}
+    changed = {k for k, v in flat.items() if k in existing and existing[k] != v}
+    if changed:
+        raise ValueError(
+            f"run {run.info.run_id} already has different values for {sorted(changed)}; "
+            "resume with the same configuration or start a new run"
+        )
+    items = list(fresh.items())
+    for i in range(0, len(items), 100):  # MLflow batch limit
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+@contextlib.contextmanager
+def child_run(
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Any]:
+    """A run for one trained configuration (or a sweep), nested under the active run.
+
+    ``run_id`` reopens an existing run (resume after a crash). With no active run
+    the run is top-level in ``experiment`` (default: ``"scratch"``). An exception
+    inside the block marks the run FAILED and propagates.
+    """
+    import mlflow
+
+    configure()
+    nested = mlflow.active_run() is not None
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id, nested=nested)
+    else:
+        exp_id = None if nested else get_or_create_experiment(experiment or "scratch")
+        run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=exp_id)
+    try:
+        if params:
+            _log_params_once(params)
+        mlflow.set_tags({**provenance_tags(), "profile": current_profile(), **(tags or {})})
+        yield run
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def sweep_run(name: str, params: Mapping[str, Any] | None = None):
+    """A parent run grouping several trained configurations (``with sweep_run(..): fit(..)``)."""
+    return child_run(name, params, tags={"kind": "sweep"})
+
+
+# -------------------------------------------------------------------- artifacts
+def log_dataset(
+    name: str, digest: str, source: str, context: str = "train", meta: Mapping[str, Any] | None = None
+) -> None:
+    """Record the dataset on the active run (``mlflow.log_input``): the runs table's Dataset column.
+
+    ``source`` is a path for real datasets or a short description for generated data.
+    """
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    src = CodeDatasetSource(tags={"source": str(source), **{k: str(v) for k, v in (meta or {}).items()}})
+    dataset = MetaDataset(source=src, name=name, digest=str(digest)[:36])
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tags({"dataset.name": name, "dataset.digest": str(digest)})
+
+
+def _results_path(kind: str, filename: str) -> Path:
+    path = results_dir() / kind / current_profile() / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log_figure(fig, filename: str, dpi: int = 130) -> Path:
+    """Save ``fig`` to ``results/figures/<profile>/<filename>`` and log it to the active run."""
+    import mlflow
+
+    path = _results_path("figures", filename)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    if mlflow.active_run() is not None:
+        mlflow.log_figure(fig, f"figures/{filename}")
+    return path
+
+
+def log_table(df, filename: str) -> Path:
+    """Save a DataFrame to ``results/tables/<profile>/<filename>`` (CSV) and log it."""
+    import mlflow
+
+    path = _results_path("tables", filename)
+    df.to_csv(path, index=False)
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path="tables")
+    return path
+
+
+def log_checkpoint(path: str | os.PathLike, artifact_path: str = "checkpoints") -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_notebook(run_id: str, notebook: str | os.PathLike) -> None:
+    """Attach an executed notebook to a run (used by the pipeline after papermill)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(configure()).log_artifact(run_id, str(notebook), artifact_path="notebook")
+
+
+def experiment_urls(base_url: str) -> list[tuple[str, str]]:
+    """``(name, url)`` of every experiment's runs view on an MLflow UI at ``base_url``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(configure())
+    out = []
+    for exp in client.search_experiments(order_by=["name ASC"]):
+        out.append((exp.name, f"{base_url.rstrip('/')}/#/experiments/{exp.experiment_id}/runs"))
+    return out
