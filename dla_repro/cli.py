@@ -1,0 +1,138 @@
+"""``dla-repro``: run the notebook pipeline, list its parameters, open the MLflow UI, benchmark.
+
+    dla-repro list [--profile P]
+    dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going]
+    dla-repro ui [--host 127.0.0.1] [--port 5000]
+    dla-repro bench {models,synthetic} [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import pipeline, tracking
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    pipe = pipeline.load_pipeline(args.pipeline)
+    for spec in pipe.select(args.names):
+        params = pipeline.notebook_parameters(spec.path)
+        resolved = pipeline.resolve_parameters(pipe, spec, args.profile, declared=params)
+        rel = os.path.relpath(spec.path)
+        print(f"{spec.name}  ({rel}, MLflow experiment {spec.experiment!r})")
+        if spec.description:
+            print(f"    {spec.description}")
+        width = max((len(n) for n in params), default=0)
+        for name, p in params.items():
+            value = resolved.get(name, p.default)
+            mark = "" if value == p.default else f"   [{args.profile}: {value!r}]"
+            help_ = f"  # {p.help}" if p.help else ""
+            print(f"    {name:<{width}} : {p.type:<10} = {p.default!r}{mark}{help_}")
+        print()
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    pipe = pipeline.load_pipeline(args.pipeline)
+    jobs = pipeline.plan(args.names, args.profile, args.param, args.data_root, pipeline=pipe)
+    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.tracking_uri()}")
+    results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)
+    failed = [r for r in results if not r.ok]
+    not_run = len(jobs) - len(results)
+    print(f"dla-repro: {len(results) - len(failed)} ok, {len(failed)} failed, {not_run} not run")
+    return 1 if failed or not_run else 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    uri = tracking.configure()
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base} over {uri}")
+    for name, url in tracking.experiment_urls(base):
+        print(f"  {name:<28} {url}")
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    cmd = [mlflow_bin or "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if tracking._sqlite_path(uri) is not None:
+        cmd += ["--default-artifact-root", tracking.artifact_root().as_uri()]
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return subprocess.call(cmd)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.what == "models":
+        from .bench import bench_models, write_benchmark
+
+        df = bench_models(
+            variants=args.variants, device=args.device, batch_size=args.batch_size,
+            image_size=args.image_size, steps=args.steps,
+        )
+        print(df.to_string(index=False))
+        print(f"wrote {write_benchmark(df, args.name or f'models_{df.device.iloc[0]}')}")
+    elif args.what == "synthetic":
+        from .data.synthetic import benchmark_generator, write_benchmark as write_synth
+
+        df = benchmark_generator(image_size=args.image_size)
+        print(df.to_string(index=False))
+        print(f"wrote {write_synth(df)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dla-repro", description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline", type=Path, default=None, help="pipeline file (default: notebooks/pipeline.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="notebooks in pipeline.yaml with their parameters")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--profile", choices=pipeline.PROFILES, default="quick")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="execute notebooks with papermill, log to MLflow")
+    p.add_argument("names", nargs="*", help="notebook names from pipeline.yaml (default: all)")
+    p.add_argument("--profile", choices=pipeline.PROFILES, default="quick")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (NOTEBOOK.KEY=VALUE targets one notebook)")
+    p.add_argument("--data-root", help="root folder of a real dataset (passed as data_root)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel")
+    p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--dry-run", action="store_true", help="print the URLs and the command, start nothing")
+    p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("bench", help="throughput benchmarks, written to results/benchmarks/")
+    p.add_argument("what", choices=["models", "synthetic"])
+    p.add_argument("--variants", nargs="+", default=["dla34", "dla46_c"])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--name", default=None, help="output file stem")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except pipeline.PipelineError as exc:
+        print(f"dla-repro: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

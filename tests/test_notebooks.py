@@ -1,0 +1,50 @@
+"""The committed notebooks: clean, parameterised, valid in every profile, and runnable (smoke)."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from dla_repro import cli, pipeline
+from dla_repro.paths import results_dir
+
+PIPE = pipeline.load_pipeline()
+SPECS = PIPE.notebooks
+
+
+def test_pipeline_lists_the_data_tour_first():
+    assert SPECS and SPECS[0].path.name == "00_data.ipynb"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_notebook_is_clean_and_parameterised(spec):
+    nb = nbformat.read(spec.path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged `parameters`"
+    params = pipeline.notebook_parameters(spec.path)
+    untyped = [p.name for p in params.values() if p.type in ("None", "NoneType")]
+    assert not untyped, f"annotate every parameter with its type: {untyped}"
+    assert "profile" in params and params["profile"].default == "quick"
+    # notebooks are thin: no classes or training loops defined in them
+    assert not any(line.lstrip().startswith("class ") for c in code for line in c.source.splitlines())
+
+
+@pytest.mark.parametrize("profile", pipeline.PROFILES)
+def test_every_notebook_plans_in_every_profile(profile):
+    jobs = pipeline.plan(profile=profile, pipeline=PIPE)
+    assert [j.name for j in jobs] == [s.name for s in SPECS]
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_whole_pipeline_runs_in_smoke_profile(capsys):
+    code = cli.main(["run", "--profile", "smoke", "--keep-going"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    manifest = json.loads((results_dir() / "manifest_smoke.json").read_text())
+    assert set(manifest["notebooks"]) == {s.name for s in SPECS}
+    assert all(e["status"] == "ok" for e in manifest["notebooks"].values())
