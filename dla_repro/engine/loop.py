@@ -154,7 +154,7 @@ def fit(
     if dist.is_main and ckpt_dir.is_dir():
         remove_stale_tmp(ckpt_dir)
     if cfg.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path, map_location=device)
+        ckpt = load_checkpoint(last_path)  # on CPU: RNG states must stay there; load_state_dict moves the rest
         changed = sorted(
             k for k in run_params.keys() | ckpt["params"].keys() if run_params.get(k) != ckpt["params"].get(k)
         )
@@ -205,6 +205,7 @@ def fit(
             t0 = time.perf_counter()
             seed_everything(epoch_seed(cfg.seed, epoch))
             set_epoch(train_loader, cfg.seed, epoch)
+            set_epoch(val_loader, cfg.seed, epoch)
             record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             with tqdm(
                 total=len(train_loader),
