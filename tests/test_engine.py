@@ -26,6 +26,7 @@ from dla_repro.engine import (
     SegmentationTask,
     TopKAccuracy,
     TrainConfig,
+    evaluate,
     fit,
     seed_everything,
 )
@@ -33,13 +34,13 @@ from dla_repro.engine import distributed
 
 
 class ToyImages(Dataset):
-    """Label = sign of the mean of channel 0; random horizontal flips draw from torch's RNG.
+    """Label = sign of the mean of channel 0; ``augment``: random flips drawn from torch's RNG.
 
     ``delay`` slows ``__getitem__`` down (the kill test needs an epoch that lasts a while).
     """
 
-    def __init__(self, x, y, delay: float = 0.0):
-        self.x, self.y, self.delay = x, y, delay
+    def __init__(self, x, y, augment: bool = False, delay: float = 0.0):
+        self.x, self.y, self.augment, self.delay = x, y, augment, delay
 
     def __len__(self):
         return len(self.y)
@@ -48,7 +49,7 @@ class ToyImages(Dataset):
         if self.delay:
             time.sleep(self.delay)
         x = self.x[i]
-        if torch.rand(()) < 0.5:
+        if self.augment and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, self.y[i]
 
@@ -58,7 +59,7 @@ def toy_data(n_train: int = 128, n_val: int = 64, delay: float = 0.0) -> DataBun
     x = torch.randn(n_train + n_val, 3, 8, 8, generator=g)
     y = (x[:, 0].mean((1, 2)) > 0).long()
     return DataBundle(
-        ToyImages(x[:n_train], y[:n_train], delay),
+        ToyImages(x[:n_train], y[:n_train], augment=True, delay=delay),
         ToyImages(x[n_train:], y[n_train:]),
         name="toy-images",
         digest="toy1234",
@@ -96,7 +97,8 @@ def client() -> MlflowClient:
 # ------------------------------------------------------------------------ learning
 def test_loss_decreases_and_identical_runs_match(tmp_path):
     cfg = small_config(tmp_path, epochs=4, lr=0.3)
-    first = fit(toy_model(), toy_data(), cfg, run_name="toy")
+    model, data = toy_model(), toy_data()
+    first = fit(model, data, cfg, run_name="toy")
     h = first.history
     assert list(h["epoch"]) == [0, 1, 2, 3]
     assert h["train_loss"].iloc[-1] < h["train_loss"].iloc[0] - 0.1
@@ -104,6 +106,7 @@ def test_loss_decreases_and_identical_runs_match(tmp_path):
     assert h["val_top1"].iloc[-1] > 0.75
     assert "train_top5" not in h  # two classes: no top-5
     assert first.monitor == "val_top1" and first.best == h["val_top1"].max()
+    assert evaluate(model, data.val, config=cfg) == {"loss": h["val_loss"].iloc[-1], "top1": h["val_top1"].iloc[-1]}
 
     again = fit(toy_model(), toy_data(), dataclasses.replace(cfg, ckpt_dir=str(tmp_path / "again")), run_name="toy")
     assert metrics_only(again.history).equals(metrics_only(first.history))

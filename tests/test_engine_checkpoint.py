@@ -20,7 +20,7 @@ from dla_repro.engine import loop
 from test_engine import client, metrics_only, small_config, toy_data, toy_model
 
 TESTS = Path(__file__).resolve().parent
-METRICS = ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "epoch_time_s")
+METRICS = ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_ema_top1", "epoch_time_s")
 
 
 def logged_steps(run_id: str) -> dict[str, list[int]]:
@@ -28,8 +28,8 @@ def logged_steps(run_id: str) -> dict[str, list[int]]:
 
 
 def resume_config(ckpt_dir: Path) -> TrainConfig:
-    return TrainConfig(epochs=4, batch_size=16, lr=0.2, schedule="step", decay_epochs=2,
-                       progress=False, ckpt_dir=str(ckpt_dir), resume=True)
+    return TrainConfig(epochs=4, batch_size=16, lr=0.2, schedule="step", decay_epochs=2, ema=True,
+                       ema_decay=0.9, progress=False, ckpt_dir=str(ckpt_dir), resume=True)
 
 
 # ------------------------------------------------------------------ files on disk

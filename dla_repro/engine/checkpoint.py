@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best", "rng", "config")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "ema", "scaler", "epoch", "history", "best", "rng",
+                 "run_id", "config", "params")
 
 
 class CheckpointError(RuntimeError):

@@ -234,7 +234,7 @@ def fit(
             history.append(record)
 
             if monitor not in record:
-                raise KeyError(f"monitor={monitor!r} is not among the metrics {sorted(record)}")
+                raise ValueError(f"monitor={monitor!r} is not among the metrics {sorted(record)}")
             value = record[monitor]
             improved = best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"])
             if improved:
