@@ -1,0 +1,101 @@
+"""Models built on timm blocks; the DLA classifiers register as ``dlarepro_*`` in timm.
+
+Importing this package is cheap: it does not import torch or timm (importing
+timm takes seconds, and most ``dla_repro`` commands never need it).  The
+``dlarepro_*`` models reach timm's registry at the moment timm itself is
+imported -- whichever comes first:
+
+* timm already imported → :mod:`.dla` is imported (and registers) right now;
+* otherwise a one-shot import hook runs :mod:`.dla` right after ``import timm``
+  finishes, so ``import dla_repro; import timm; timm.create_model("dlarepro_dla34")``
+  works in either order.
+
+Names such as ``DLA`` or ``load_dla_checkpoint`` resolve lazily from the
+submodules (``from dla_repro.models import DLA`` imports :mod:`.dla`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+_EXPORTS = {
+    "blocks": ("BasicBlock", "Bottleneck", "BLOCKS", "make_block", "bottleneck_width"),
+    "aggregation": ("AggregationNode", "Tree", "SequentialStage"),
+    "dla": (
+        "AGGREGATION_MODES",
+        "VARIANTS",
+        "REFERENCE",
+        "DLA",
+        "create_dla",
+        "CheckpointError",
+        "CheckpointReport",
+        "load_dla_checkpoint",
+        "FamilyMember",
+        "matched_family",
+    ),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    if name in _EXPORTS:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | set(_EXPORTS))
+
+
+def register() -> None:
+    """Register the ``dlarepro_*`` models in timm now (imports timm)."""
+    importlib.import_module(f"{__name__}.dla")
+
+
+class _RegisterAfterTimm(importlib.abc.Loader):
+    """Wraps timm's own loader: executes timm, then registers our models."""
+
+    def __init__(self, inner: importlib.abc.Loader):
+        self._inner = inner
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = self._inner  # leave no trace of the wrapper on timm
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._inner
+        self._inner.exec_module(module)
+        register()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _TimmImportHook(importlib.abc.MetaPathFinder):
+    """One-shot finder for the top-level ``timm`` package (removes itself on first use)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "timm":
+            return None
+        _remove_hook()
+        spec = importlib.util.find_spec("timm")
+        if spec is not None and spec.loader is not None:
+            spec.loader = _RegisterAfterTimm(spec.loader)
+        return spec
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TimmImportHook)]
+
+
+if "timm" in sys.modules:
+    register()
+elif not any(isinstance(f, _TimmImportHook) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TimmImportHook())

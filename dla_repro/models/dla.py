@@ -1,0 +1,645 @@
+"""DLA classifiers (Deep Layer Aggregation, Yu et al., CVPR 2018, §4.1), registered in timm.
+
+Network (official ucbdrive/dla layout, kept so its and timm's weights load):
+
+    base_layer : 7x7 conv, stride 1 → BN → ReLU                 (stride 1)
+    level0     : levels[0] × (3x3 conv → BN → ReLU)             (stride 1)
+    level1     : levels[1] × (3x3 conv → BN → ReLU), first s=2  (stride 2)
+    level2..5  : one aggregation stage each, stride 2           (strides 4 … 32)
+    head       : global average pool → 1x1 conv (``fc``) → flatten
+
+A stage (``level2`` … ``level5``) has 2^levels[i] blocks.  How they are
+aggregated is the ``aggregation`` switch:
+
+=========  ===============================================================
+``full``   the paper's DLA: an HDA :class:`~.agg.Tree` per stage, and
+           IDA across stages (the stage input joins the last root where
+           ``level_roots`` says so -- stages 3-5 in the official nets)
+``hda``    the same trees, the stage input never joined
+``ida``    blocks chained; one binary node (stage output, stage input) in
+           the stages where ``full`` joins the input.  So ``full`` has exactly
+           the edges of ``hda`` plus those of ``ida``
+``none``   blocks chained, no aggregation node: a plain staged baseline
+=========  ===============================================================
+
+The ten variants are configurations (:data:`VARIANTS`), not subclasses.  After
+``import dla_repro`` every one is ``timm.create_model("dlarepro_<variant>")``;
+any config key can be overridden there (``channels=(8, 16, 32, 64, 128, 256)``
+makes a tiny DLA for CPU experiments).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import BatchNormAct2d, create_classifier, create_conv2d, get_act_layer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+# Modules, not names: when one of them is the first to import timm, the import hook
+# (see __init__) loads this module while that one is still half-initialised.
+from . import aggregation as agg
+from . import blocks as blk
+
+if TYPE_CHECKING:
+    from .blocks import LayerType
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "VARIANTS",
+    "REFERENCE",
+    "DLA",
+    "create_dla",
+    "CheckpointError",
+    "CheckpointReport",
+    "load_dla_checkpoint",
+    "FamilyMember",
+    "matched_family",
+]
+
+AGGREGATION_MODES = ("none", "ida", "hda", "full")
+
+#: The ten DLA classifiers (PAPERS.md §1): levels, channels, block, residual root.
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "dla34": dict(levels=(1, 1, 1, 2, 2, 1), channels=(16, 32, 64, 128, 256, 512), block="basic"),
+    "dla46_c": dict(levels=(1, 1, 1, 2, 2, 1), channels=(16, 32, 64, 64, 128, 256), block="bottleneck"),
+    "dla46x_c": dict(levels=(1, 1, 1, 2, 2, 1), channels=(16, 32, 64, 64, 128, 256), block="split"),
+    "dla60x_c": dict(levels=(1, 1, 1, 2, 3, 1), channels=(16, 32, 64, 64, 128, 256), block="split"),
+    "dla60": dict(levels=(1, 1, 1, 2, 3, 1), channels=(16, 32, 128, 256, 512, 1024), block="bottleneck"),
+    "dla60x": dict(levels=(1, 1, 1, 2, 3, 1), channels=(16, 32, 128, 256, 512, 1024), block="split"),
+    "dla102": dict(
+        levels=(1, 1, 1, 3, 4, 1), channels=(16, 32, 128, 256, 512, 1024), block="bottleneck", residual_root=True
+    ),
+    "dla102x": dict(
+        levels=(1, 1, 1, 3, 4, 1), channels=(16, 32, 128, 256, 512, 1024), block="split", residual_root=True
+    ),
+    "dla102x2": dict(
+        levels=(1, 1, 1, 3, 4, 1),
+        channels=(16, 32, 128, 256, 512, 1024),
+        block="split",
+        cardinality=64,
+        residual_root=True,
+    ),
+    "dla169": dict(
+        levels=(1, 1, 2, 3, 5, 1), channels=(16, 32, 128, 256, 512, 1024), block="bottleneck", residual_root=True
+    ),
+}
+
+NA = "n/a"
+
+#: Reference figures from PAPERS.md §1: parameters (millions) and GMACs at 224x224
+#: as listed by timm, ImageNet top-1 of the authors' weights as evaluated by timm
+#: (``results/results-imagenet.csv``).  The paper's own table was not found: "n/a".
+REFERENCE: Dict[str, Dict[str, Any]] = {
+    "dla34": dict(params_m=15.74, gmacs=3.07, top1_timm=74.63, top1_paper=NA),
+    "dla46_c": dict(params_m=1.30, gmacs=0.58, top1_timm=64.88, top1_paper=NA),
+    "dla46x_c": dict(params_m=1.07, gmacs=0.54, top1_timm=66.01, top1_paper=NA),
+    "dla60x_c": dict(params_m=1.32, gmacs=0.59, top1_timm=67.93, top1_paper=NA),
+    "dla60": dict(params_m=22.04, gmacs=4.26, top1_timm=77.04, top1_paper=NA),
+    "dla60x": dict(params_m=17.35, gmacs=3.54, top1_timm=78.23, top1_paper=NA),
+    "dla102": dict(params_m=33.27, gmacs=7.19, top1_timm=78.02, top1_paper=NA),
+    "dla102x": dict(params_m=26.31, gmacs=5.89, top1_timm=78.52, top1_paper=NA),
+    "dla102x2": dict(params_m=41.28, gmacs=9.34, top1_timm=79.45, top1_paper=NA),
+    "dla169": dict(params_m=53.39, gmacs=11.6, top1_timm=78.70, top1_paper=NA),
+}
+REFERENCE_SOURCE = "timm results-imagenet.csv / benchmark CSVs via PAPERS.md §1; paper table not found"
+
+_DEFAULT_LEVEL_ROOTS = (False, True, True, True)
+
+
+def _conv_level(in_chs: int, out_chs: int, convs: int, stride: int, act: type) -> nn.Sequential:
+    """``convs`` × (3x3 conv → BN → ReLU), the first with ``stride`` (keys ``0``, ``1``, ``2``, ...)."""
+    layers: List[nn.Module] = []
+    for i in range(convs):
+        conv = create_conv2d(in_chs, out_chs, 3, stride=stride if i == 0 else 1)
+        layers += [conv, BatchNormAct2d(out_chs, act_layer=act)]
+        in_chs = out_chs
+    return nn.Sequential(*layers)
+
+
+class DLA(nn.Module):
+    """Deep Layer Aggregation classifier; see the module docstring for the layout.
+
+    Args:
+        levels: six ints; ``levels[0:2]`` conv counts of ``level0/1``, ``levels[2:]``
+            the tree depth of stages 2-5 (a stage has ``2**levels[i]`` blocks).
+        channels: six widths, one per level.
+        block: ``"basic"``, ``"bottleneck"`` or ``"split"`` (ResNeXt bottleneck).
+        cardinality, base_width: groups and per-group width of the bottleneck
+            (default per block: bottleneck 1/64, split 32/4).
+        residual_root: add the deepest input inside each aggregation node.
+        root_kernel: kernel size of the aggregation nodes (1 or 3).
+        aggregation: ``"full"``, ``"hda"``, ``"ida"`` or ``"none"``.
+        level_roots: for stages 2-5, whether the stage input joins the stage's
+            last node (IDA across stages); the official nets use (F, T, T, T).
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[int] = VARIANTS["dla34"]["levels"],
+        channels: Sequence[int] = VARIANTS["dla34"]["channels"],
+        block: str = "basic",
+        cardinality: Optional[int] = None,
+        base_width: Optional[int] = None,
+        residual_root: bool = False,
+        root_kernel: int = 1,
+        aggregation: str = "full",
+        level_roots: Sequence[bool] = _DEFAULT_LEVEL_ROOTS,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        output_stride: int = 32,
+        act_layer: LayerType = "relu",
+    ):
+        super().__init__()
+        levels, channels = tuple(int(v) for v in levels), tuple(int(c) for c in channels)
+        level_roots = tuple(bool(v) for v in level_roots)
+        if len(levels) != 6 or len(channels) != 6:
+            raise ValueError(f"levels and channels need 6 entries each, got {levels} and {channels}")
+        if len(level_roots) != 4:
+            raise ValueError(f"level_roots needs 4 entries (stages 2-5), got {level_roots}")
+        if aggregation not in AGGREGATION_MODES:
+            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATION_MODES}")
+        if block not in blk.BLOCKS:
+            raise ValueError(f"unknown block {block!r}; expected one of {sorted(blk.BLOCKS)}")
+        if output_stride != 32:
+            raise ValueError("DLA classifiers support output_stride=32 only")
+        if block != "basic":
+            card0, width0 = blk.BLOCK_DEFAULTS[block]
+            cardinality = card0 if cardinality is None else int(cardinality)
+            base_width = width0 if base_width is None else int(base_width)
+        self.dla_config: Dict[str, Any] = dict(
+            levels=levels,
+            channels=channels,
+            block=block,
+            cardinality=cardinality,
+            base_width=base_width,
+            residual_root=bool(residual_root),
+            root_kernel=int(root_kernel),
+            aggregation=aggregation,
+            level_roots=level_roots,
+            num_classes=int(num_classes),
+            in_chans=int(in_chans),
+            global_pool=global_pool,
+            drop_rate=float(drop_rate),
+            act_layer=act_layer if isinstance(act_layer, str) else getattr(act_layer, "__name__", str(act_layer)),
+        )
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.channels = channels
+        self.grad_checkpointing = False
+        act = get_act_layer(act_layer)
+
+        self.base_layer = nn.Sequential(
+            create_conv2d(in_chans, channels[0], 7), BatchNormAct2d(channels[0], act_layer=act)
+        )
+        self.level0 = _conv_level(channels[0], channels[0], levels[0], 1, act)
+        self.level1 = _conv_level(channels[0], channels[1], levels[1], 2, act)
+        block_fn = functools.partial(
+            blk.make_block, block, cardinality=cardinality, base_width=base_width, act_layer=act
+        )
+        node = dict(root_kernel=root_kernel, residual_root=residual_root, act_layer=act)
+        for i in range(2, 6):
+            in_chs, out_chs, joins = channels[i - 1], channels[i], level_roots[i - 2]
+            if aggregation in ("full", "hda"):
+                join = joins and aggregation == "full"
+                stage = agg.Tree(levels[i], block_fn, in_chs, out_chs, 2, level_root=join, **node)
+            else:
+                join = joins and aggregation == "ida"
+                stage = agg.SequentialStage(2 ** levels[i], block_fn, in_chs, out_chs, 2, join_input=join, **node)
+            self.add_module(f"level{i}", stage)
+        self.feature_info = [dict(num_chs=channels[i], reduction=2**i, module=f"level{i}") for i in range(6)]
+
+        self.num_features = self.head_hidden_size = channels[-1]
+        self.global_pool, self.head_drop, self.fc = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, use_conv=True, drop_rate=drop_rate
+        )
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # the official init: N(0, 2/n), n = k·k·out_channels (= He, fan-out), BN γ=1, β=0
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # --- timm model interface -------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        blocks: Any = r"^level(\d+)" if coarse else [
+            (r"^level(\d+)\.tree(\d+)", None),
+            (r"^level(\d+)\.blocks\.(\d+)", None),
+            (r"^level(\d+)\.root", (2,)),
+            (r"^level(\d+)", (1,)),
+        ]
+        return dict(stem=r"^base_layer", blocks=blocks)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        ref = next(self.parameters())
+        self.num_classes = num_classes
+        self.dla_config.update(num_classes=int(num_classes), global_pool=global_pool)
+        self.global_pool, self.fc = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, use_conv=True
+        )
+        self.global_pool.to(ref.device)
+        self.fc.to(device=ref.device, dtype=ref.dtype)
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        for m in (self.global_pool, self.fc, self.flatten):
+            m.train(self.training)
+
+    def _levels(self) -> List[nn.Module]:
+        return [getattr(self, f"level{i}") for i in range(6)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.base_layer(x)
+        for level in self._levels():
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(level, x, use_reentrant=False)
+            else:
+                x = level(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.global_pool(x))
+        if pre_logits:
+            return self.flatten(x)
+        return self.flatten(self.fc(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Final features and the outputs of levels ``indices`` (0-5 = strides 1-32;
+        an int n means the last n levels, None all)."""
+        if output_fmt != "NCHW":
+            raise ValueError("only NCHW output is supported")
+        take = _take_indices(6, indices)
+        out = []
+        x = self.base_layer(x)
+        for i, level in enumerate(self._levels()):
+            if stop_early and i > max(take):
+                break
+            x = level(x)
+            if i in take:
+                out.append(x)
+        return out if intermediates_only else (x, out)
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        take = _take_indices(6, indices)
+        last = max(take)
+        for i in range(last + 1, 6):
+            setattr(self, f"level{i}", nn.Identity())
+        if last < 5:
+            self.num_features = self.head_hidden_size = self.channels[last]
+        if prune_head or last < 5:
+            self.reset_classifier(0, "")
+        return take
+
+
+def _take_indices(n: int, indices: Optional[Union[int, Sequence[int]]]) -> List[int]:
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"take the last 1..{n} levels, got {indices}")
+        return list(range(n - indices, n))
+    take = sorted(i % n for i in indices)
+    if any(not -n <= i < n for i in indices):
+        raise ValueError(f"level indices must be in [-{n}, {n}), got {list(indices)}")
+    return take
+
+
+# --- timm registration ----------------------------------------------------------
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "base_layer.0",
+        "classifier": "fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"dlarepro_{name}": _cfg() for name in VARIANTS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    if pretrained:
+        raise ValueError(
+            f"dlarepro_{variant} ships no weights (nothing is downloaded); create it with pretrained=False "
+            "and load a checkpoint with dla_repro.models.load_dla_checkpoint()"
+        )
+    built: Dict[str, Any] = {}
+
+    def build(**model_kwargs) -> DLA:
+        model = DLA(**model_kwargs)
+        built["config"] = model.dla_config
+        return model
+
+    model = build_model_with_cfg(
+        build,
+        f"dlarepro_{variant}",
+        pretrained=False,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4, 5)),
+        **{**VARIANTS[variant], **kwargs},
+    )
+    config = dict(built["config"], variant=variant)
+    model.pretrained_cfg = dict(model.pretrained_cfg, dla_config=config)
+    model.default_cfg = model.pretrained_cfg
+    if not isinstance(model, DLA):  # features_only wrapper
+        model.dla_config = config
+    return model
+
+
+def create_dla(variant: str, **kwargs) -> nn.Module:
+    """``timm.create_model(f"dlarepro_{variant}", **kwargs)`` without the prefix."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown DLA variant {variant!r}; expected one of {list(VARIANTS)}")
+    return _create(variant, **kwargs)
+
+
+@register_model
+def dlarepro_dla34(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla34", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla46_c(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla46_c", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla46x_c(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla46x_c", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla60x_c(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla60x_c", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla60(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla60", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla60x(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla60x", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla102(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla102", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla102x(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla102x", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla102x2(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla102x2", pretrained, **kwargs)
+
+
+@register_model
+def dlarepro_dla169(pretrained: bool = False, **kwargs) -> DLA:
+    return _create("dla169", pretrained, **kwargs)
+
+
+# --- checkpoints ------------------------------------------------------------------
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+@dataclass
+class CheckpointReport:
+    """What :func:`load_dla_checkpoint` did besides loading tensors one-to-one."""
+
+    source: str
+    loaded: int = 0
+    ignored: List[str] = field(default_factory=list)  # in the checkpoint, deliberately not loaded
+    converted: List[str] = field(default_factory=list)  # reshaped to fit (e.g. a Linear fc)
+    filled: List[str] = field(default_factory=list)  # absent from the checkpoint, kept from the model
+
+    def __str__(self) -> str:
+        parts = [f"{self.loaded} tensors from {self.source}"]
+        for name in ("ignored", "converted", "filled"):
+            keys = getattr(self, name)
+            if keys:
+                parts.append(f"{name} {len(keys)}: {', '.join(keys)}")
+        return "; ".join(parts)
+
+
+_UNUSED_PROJECT = re.compile(r"^(?P<tree>.+)\.project\.")
+
+
+def load_dla_checkpoint(
+    model: nn.Module, source: Union[str, Path, Mapping[str, torch.Tensor]], strict: bool = True
+) -> CheckpointReport:
+    """Load timm's or the original authors' (ucbdrive/dla) DLA weights into ``model``.
+
+    ``source`` is a path (read with ``torch.load(..., weights_only=True)``) or a
+    state dict; a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a
+    ``module.`` prefix are undone.  Differences of the official layout handled:
+
+    * ``<tree>.project.*`` of trees with ``levels > 1``: the official code builds
+      these projections but never uses them -- ignored and reported;
+    * ``fc.weight`` stored as a Linear ``[classes, C]`` weight: reshaped to the
+      1x1 conv ``[classes, C, 1, 1]`` (the official ``fc`` already is a conv);
+    * BatchNorm ``num_batches_tracked`` absent (pre-0.4 PyTorch): kept from the model.
+
+    Anything else that does not match is an error when ``strict``.
+    """
+    if isinstance(source, Mapping):
+        name, state = "<state_dict>", dict(source)
+    else:
+        path = Path(source).expanduser()
+        name = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"DLA checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling, zip and EOF errors all mean the same to the user
+            raise CheckpointError(f"cannot read DLA checkpoint {path}: {type(err).__name__}: {err}") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{name} does not hold a state dict of tensors")
+    state = dict(state)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+
+    own = model.state_dict()
+    report = CheckpointReport(source=name)
+    for key in [k for k in state if k not in own]:
+        match = _UNUSED_PROJECT.match(key)
+        if match:
+            try:
+                tree = model.get_submodule(match["tree"])
+            except AttributeError:
+                tree = None
+            if isinstance(tree, agg.Tree) and tree.levels > 1:
+                report.ignored.append(key)
+                del state[key]
+    fc = state.get("fc.weight")
+    if fc is not None and "fc.weight" in own and fc.ndim == 2 and own["fc.weight"].ndim == 4:
+        state["fc.weight"] = fc[:, :, None, None]
+        report.converted.append("fc.weight")
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+            report.filled.append(key)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {name} does not fit the model: {err}") from err
+    report.loaded = sum(1 for k in state if k in own) - len(report.filled)
+    return report
+
+
+# --- ablation families at matched parameter count ---------------------------------
+@dataclass
+class FamilyMember:
+    """One ablation mode of a variant, widened or narrowed to the family's target size."""
+
+    variant: str
+    mode: str
+    width_mult: float
+    channels: Tuple[int, ...]
+    params: int
+    target_params: int
+    kwargs: Dict[str, Any]  # everything for timm.create_model(f"dlarepro_{variant}", **kwargs)
+
+    @property
+    def rel_diff(self) -> float:
+        return self.params / self.target_params - 1.0
+
+    def create(self, **overrides) -> DLA:
+        return create_dla(self.variant, **{**self.kwargs, **overrides})
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(asdict(self), rel_diff=self.rel_diff)
+
+
+def _config_of(variant: str, overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown DLA variant {variant!r}; expected one of {list(VARIANTS)}")
+    return {**VARIANTS[variant], **overrides}
+
+
+def _param_count(config: Mapping[str, Any], cache: Dict[Any, int]) -> int:
+    key = tuple(sorted((k, repr(v)) for k, v in config.items()))
+    if key not in cache:
+        with torch.device("meta"):
+            cache[key] = sum(p.numel() for p in DLA(**config).parameters())
+    return cache[key]
+
+
+def _channel_divisors(config: Mapping[str, Any]) -> Tuple[int, ...]:
+    """Smallest width steps that keep each level valid: 8 for convs and plain blocks;
+    for split blocks 128/base_width, so the grouped width ⌊c·w/64⌋·g/2 stays a
+    multiple of the cardinality g."""
+    block = config.get("block", "basic")
+    step = 8
+    if block == "split" or (block == "bottleneck" and (config.get("cardinality") or 1) > 1):
+        base_width = config.get("base_width") or blk.BLOCK_DEFAULTS[block][1]
+        step = max(8, -(-128 // base_width))
+    return (8, 8) + (step,) * 4
+
+
+def _scaled(channels: Sequence[int], mult: float, divisors: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(max(d, int(round(c * mult / d)) * d) for c, d in zip(channels, divisors))
+
+
+def matched_family(
+    variant: str = "dla34",
+    modes: Sequence[str] = AGGREGATION_MODES,
+    target_params: Optional[int] = None,
+    tolerance: float = 0.05,
+    **model_kwargs,
+) -> List[FamilyMember]:
+    """Ablation modes of ``variant`` with (nearly) equal parameter counts.
+
+    The target is ``target_params`` or, by default, the parameter count of the
+    ``full`` model with ``model_kwargs`` (e.g. ``channels=...`` for a tiny DLA,
+    ``num_classes=10``).  For each mode one width multiplier w scales all six
+    widths (rounded to valid steps, see :func:`_channel_divisors`); w is found
+    by bisection and the closer of the two bracketing widths is kept.  A mode
+    that cannot get within ``tolerance`` (relative) raises ``ValueError``.
+    Counting happens on the meta device: no memory, no init cost.
+    """
+    base = _config_of(variant, model_kwargs)
+    unknown = [m for m in modes if m not in AGGREGATION_MODES]
+    if unknown:
+        raise ValueError(f"unknown aggregation modes {unknown}; expected a subset of {AGGREGATION_MODES}")
+    cache: Dict[Any, int] = {}
+    target = int(target_params) if target_params else _param_count(dict(base, aggregation="full"), cache)
+    divisors = _channel_divisors(base)
+    members = []
+    for mode in modes:
+        def count(mult: float) -> Tuple[int, Tuple[int, ...]]:
+            chans = _scaled(base["channels"], mult, divisors)
+            return _param_count(dict(base, aggregation=mode, channels=chans), cache), chans
+
+        lo, hi = 1.0, 1.0
+        while count(lo)[0] > target and lo > 1 / 64:
+            lo /= 2
+        while count(hi)[0] < target and hi < 64:
+            hi *= 2
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            if count(mid)[0] < target:
+                lo = mid
+            else:
+                hi = mid
+        best = min((lo, hi), key=lambda m: abs(count(m)[0] - target))
+        if mode == "full" and target_params is None:
+            best = 1.0
+        params, chans = count(best)
+        if abs(params / target - 1) > tolerance:
+            raise ValueError(
+                f"{variant} aggregation={mode!r}: closest width {chans} has {params:,} params, "
+                f"{params / target - 1:+.1%} from the target {target:,} (tolerance {tolerance:.0%})"
+            )
+        kwargs = dict(model_kwargs, aggregation=mode, channels=chans)
+        members.append(FamilyMember(variant, mode, best, chans, params, target, kwargs))
+    return members
