@@ -1,0 +1,1 @@
+"""Analyses of model objects (no training): e.g. the aggregation graph of a DLA."""
