@@ -1,0 +1,185 @@
+"""Training throughput of our DLA against timm's, measured in one interleaved run.
+
+One *train step* = forward, cross-entropy, backward, SGD (momentum) update, on a
+fixed random batch.  For each variant and setting both implementations get the
+same weights (ours loads timm's state dict), ``warmup`` untimed steps, then
+``rounds`` timed bursts of ``steps`` steps, alternating which goes first
+(ABBA...), so drifts of a shared machine hit both alike.  Throughput is the
+median over rounds; ``ratio`` = ours / timm.
+
+Settings: ``fp32``; ``bf16`` (autocast); ``channels_last`` (memory format of
+model and input); ``compile`` (``torch.compile`` of both models).  On a CPU the
+default is ``fp32`` only; on CUDA all four.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SETTINGS", "bench_models", "hardware_string", "write_benchmark"]
+
+SETTINGS = ("fp32", "bf16", "channels_last", "compile")
+COLUMNS = [
+    "variant",
+    "impl",
+    "setting",
+    "device",
+    "batch_size",
+    "image_size",
+    "steps",
+    "rounds",
+    "images_per_s",
+    "spread",
+    "ratio",
+    "hardware",
+    "torch",
+    "timm",
+]
+
+
+def hardware_string(device: Union[str, torch.device] = "cpu") -> str:
+    """A readable name of the hardware: the GPU's name on CUDA, else the CPU model and thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_step_fn(model: torch.nn.Module, setting: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    device = x.device
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if setting == "channels_last":
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model) if setting == "compile" else model
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if setting == "bf16" else contextlib.nullcontext
+    )
+
+    def step() -> None:
+        with autocast():
+            loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_models(
+    variants: Sequence[str] = ("dla34",),
+    device: Union[str, torch.device] = "cpu",
+    batch_size: int = 8,
+    image_size: int = 224,
+    settings: Optional[Sequence[str]] = None,
+    steps: int = 5,
+    warmup: int = 2,
+    rounds: int = 3,
+    num_classes: int = 1000,
+    seed: int = 0,
+):
+    """Train-step throughput (images/s) of ``dlarepro_<variant>`` vs timm's ``<variant>``.
+
+    Returns a ``pandas.DataFrame`` with one row per (variant, setting, impl) and
+    the columns :data:`COLUMNS`: ``images_per_s`` (median over rounds),
+    ``spread`` ((max - min) / median over rounds: the noise of the number),
+    ``ratio`` (ours / timm, on both rows of a pair), ``hardware``.
+    """
+    import pandas as pd
+    import timm
+
+    from .models import dla as _dla  # noqa: F401  (registers dlarepro_*)
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("bench_models(device='cuda'): no CUDA device is available")
+    if settings is None:
+        settings = SETTINGS if device.type == "cuda" else ("fp32",)
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; expected some of {SETTINGS}")
+    if steps < 1 or rounds < 1 or warmup < 0:
+        raise ValueError("need steps >= 1, rounds >= 1, warmup >= 0")
+    hardware = hardware_string(device)
+    rows: List[Dict] = []
+    for variant in variants:
+        for setting in settings:
+            torch.manual_seed(seed)
+            ref = timm.create_model(variant, num_classes=num_classes).to(device).train()
+            ours = timm.create_model(f"dlarepro_{variant}", num_classes=num_classes).to(device).train()
+            ours.load_state_dict(ref.state_dict())
+            x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+            y = torch.randint(0, num_classes, (batch_size,), device=device)
+            fns = {"dla_repro": _train_step_fn(ours, setting, x, y), "timm": _train_step_fn(ref, setting, x, y)}
+            for fn in fns.values():
+                for _ in range(warmup):
+                    fn()
+            _sync(device)
+            rates: Dict[str, List[float]] = {impl: [] for impl in fns}
+            for r in range(rounds):
+                order = list(fns) if r % 2 == 0 else list(fns)[::-1]
+                for impl in order:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        fns[impl]()
+                    _sync(device)
+                    rates[impl].append(batch_size * steps / (time.perf_counter() - t0))
+            median = {impl: statistics.median(v) for impl, v in rates.items()}
+            ratio = median["dla_repro"] / median["timm"]
+            for impl, v in rates.items():
+                rows.append(
+                    dict(
+                        variant=variant,
+                        impl=impl,
+                        setting=setting,
+                        device=device.type,
+                        batch_size=batch_size,
+                        image_size=image_size,
+                        steps=steps,
+                        rounds=rounds,
+                        images_per_s=median[impl],
+                        spread=(max(v) - min(v)) / median[impl],
+                        ratio=ratio,
+                        hardware=hardware,
+                        torch=torch.__version__,
+                        timm=timm.__version__,
+                    )
+                )
+            del ref, ours, fns
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_benchmark(df, name: str) -> Path:
+    """Write ``df`` to ``results/benchmarks/<name>.csv`` (under ``dla_repro.paths.results_dir()``)."""
+    from .paths import results_dir
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"benchmark name {name!r}: use letters, digits, '_', '-', '.' (no path)")
+    path = results_dir() / "benchmarks" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path
