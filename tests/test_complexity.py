@@ -33,3 +33,13 @@ def test_known_counts_and_meta_equals_real_run():
     real = count_complexity(model, input_size=(3, 32, 32), batch_size=2, meta=False)
     assert real == count_complexity(model, input_size=(3, 32, 32), batch_size=2)
     assert model.training and not any(p.is_meta for p in model.parameters())
+
+
+def test_architecture_table_compares_with_timm_and_the_reference():
+    from dla_repro.analysis.architecture import architecture_table
+
+    df = architecture_table(["dla46_c", "dla102"])
+    assert list(df["variant"]) == ["dla46_c", "dla102"]
+    assert (df["params"] == df["params_timm"]).all()
+    assert (df["gmacs_diff_pct"].abs() <= 1).all() and (df["top1_paper"] == "n/a").all()
+    assert architecture_table(["dla34"], image_size=64)["gmacs_ref"].item() == "n/a"

@@ -25,7 +25,7 @@ from torch import fx, nn
 from ..models.aggregation import AggregationNode
 from ..models.blocks import BasicBlock, Bottleneck
 
-__all__ = ["aggregation_graph", "aggregation_graphs", "draw_aggregation_graph"]
+__all__ = ["aggregation_graph", "aggregation_graphs", "draw_aggregation_graph", "draw_aggregation_graphs"]
 
 _LEAVES = (BasicBlock, Bottleneck, AggregationNode)
 
@@ -174,3 +174,14 @@ def draw_aggregation_graph(graph: Dict[str, Any], ax=None, title: Optional[str] 
     n_roots = sum(n["kind"] == "root" for n in graph["nodes"])
     ax.set_title(title or f"aggregation={graph['mode']}  ({n_roots} aggregation nodes)", fontsize=10)
     return ax
+
+
+def draw_aggregation_graphs(graphs: Dict[str, Dict[str, Any]], width: float = 12.0, panel_height: float = 2.3):
+    """One panel per graph (e.g. the output of :func:`aggregation_graphs`), stacked; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(graphs), 1, figsize=(width, panel_height * len(graphs)), squeeze=False)
+    for ax, graph in zip(axes[:, 0], graphs.values()):
+        draw_aggregation_graph(graph, ax)
+    fig.tight_layout()
+    return fig
