@@ -301,3 +301,37 @@ def test_kernels_compile_for_sm90(fn_name, layout, constexprs, ptr_type):
     assert kernel.asm.get("cubin")
     if ptr_type == "*fp32":
         assert "ld.global.v4.b32" in kernel.asm["ptx"]
+
+
+# --- benchmark table (CPU: eager reference only, tiny) --------------------------------------
+
+
+def test_bench_l2norm_table_on_cpu():
+    from dla_repro.bench_kernels import COLUMNS, bench_l2norm, write_benchmark
+    from dla_repro.paths import results_dir
+
+    df = bench_l2norm("cpu", N=1, channels=(5, 8), size=4, iters=1, rounds=2, warmup=0, impls=("eager",))
+    assert list(df.columns) == COLUMNS and len(df) == 4
+    assert sorted(set(zip(df["C"], df["memory_format"]))) == [
+        (5, "channels_last"), (5, "contiguous"), (8, "channels_last"), (8, "contiguous")
+    ]  # fmt: skip
+    assert (df["fwd_ms"] > 0).all() and (df["fwd_bwd_ms"] > 0).all() and (df["max_abs_err"] == 0).all()
+    row = df.iloc[0]
+    assert row["fwd_GBps"] == pytest.approx(2 * 1 * 5 * 16 * 4 / (row["fwd_ms"] / 1e3) / 1e9)
+    assert df["peak_GBps"].isna().all() and df["hardware"].str.len().min() > 0
+    path = write_benchmark(df)
+    assert path == results_dir() / "benchmarks" / "kernels_cpu.csv" and path.exists()
+
+
+def test_bench_peak_bandwidth_table_and_bad_arguments():
+    from dla_repro.bench_kernels import bench_l2norm, peak_bandwidth_gbps
+
+    assert peak_bandwidth_gbps("NVIDIA H100 80GB HBM3") == 3350
+    assert peak_bandwidth_gbps("NVIDIA H100 PCIe") == 2000
+    assert peak_bandwidth_gbps("NVIDIA H200") == 4800
+    assert peak_bandwidth_gbps("NVIDIA A100-SXM4-80GB") == 2039
+    assert peak_bandwidth_gbps("Some Future GPU") != peak_bandwidth_gbps("Some Future GPU")  # NaN
+    with pytest.raises(ValueError, match="impls"):
+        bench_l2norm("cpu", impls=("cuda",))
+    with pytest.raises(ValueError, match="memory formats"):
+        bench_l2norm("cpu", memory_formats=("nhwc",), impls=("eager",))

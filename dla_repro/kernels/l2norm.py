@@ -354,6 +354,7 @@ class _L2NormScaleFunction(torch.autograd.Function):
         return dx, dg, None, None, None, None
 
 
+@torch.compiler.disable  # an opaque call inside torch.compile'd models (kernel tracing untested: no GPU here)
 def l2norm_scale_triton(
     x: torch.Tensor,
     gamma: torch.Tensor,
