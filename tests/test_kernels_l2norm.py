@@ -30,7 +30,8 @@ def _triton_mode() -> str:
     """``"interpreted"``, ``"compiled"`` or ``"unimported"`` (what triton.language came up as)."""
     if "triton.language" not in sys.modules:
         return "unimported"
-    return "interpreted" if type(sys.modules["triton.language"].standard.sum).__name__ == "InterpretedFunction" else "compiled"
+    tl_sum = sys.modules["triton.language"].standard.sum
+    return "interpreted" if type(tl_sum).__name__ == "InterpretedFunction" else "compiled"
 
 
 def _can_interpret() -> bool:
@@ -99,6 +100,7 @@ CASES = [
     pytest.param(1, 300, 4, 3, 128, "channels_last", "contiguous", torch.float32, id="C300-block128-cl"),
     pytest.param(2, 37, 3, 3, 16, "contiguous", "channels_last", torch.float64, id="C37-block16-f64"),
     pytest.param(2, 37, 2, 3, None, "channels_last", "channels_last", torch.bfloat16, id="C37-bf16"),
+    pytest.param(3, 300, 1, 1, 128, "contiguous", "contiguous", torch.float32, id="C300-pooled-1x1"),
 ]
 
 
@@ -175,7 +177,8 @@ def test_interp_zero_vectors_and_eps(interpret):
 def test_interp_dispatch_uses_the_kernel_when_forced(interpret):
     x = torch.randn(1, 6, 2, 3, dtype=torch.float64)
     assert kernel_backend(x) == "triton"
-    torch.testing.assert_close(l2norm_scale(x, torch.ones(6, dtype=torch.float64)), l2norm_scale_reference(x, torch.ones(6, dtype=torch.float64)))
+    gamma = torch.ones(6, dtype=torch.float64)
+    torch.testing.assert_close(l2norm_scale(x, gamma), l2norm_scale_reference(x, gamma))
 
 
 def test_interp_kernel_gradcheck_float64(interpret):
