@@ -1,0 +1,105 @@
+"""mIoU from a dataset-level confusion matrix: hand-computed cases and torchmetrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from dla_repro.metrics.segmentation import SegmentationMetrics, confusion_matrix, scores_from_confusion
+
+
+def test_hand_computed_case_with_ignore_and_an_absent_class():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 3, 0]])  # predictions on ignored pixels do not count
+    m = confusion_matrix(pred, target, num_classes=5)
+    assert m.sum() == 6
+    assert m[0].tolist() == [1, 1, 0, 0, 0] and m[1].tolist() == [0, 2, 0, 0, 0] and m[2].tolist() == [1, 0, 1, 0, 0]
+    s = scores_from_confusion(m)
+    # class 0: TP 1, FN 1, FP 1 -> 1/3; class 1: TP 2, FP 1 -> 2/3; class 2: TP 1, FN 1 -> 1/2
+    iou = s["iou_per_class"]
+    assert iou[:3].tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2])
+    assert math.isnan(iou[3]) and math.isnan(iou[4]), "classes 3, 4 absent from target and prediction"
+    assert s["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert s["pixel_acc"] == pytest.approx(4 / 6)
+    assert s["mean_acc"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+
+
+def test_predicted_but_absent_class_counts_with_iou_zero():
+    target = torch.tensor([0, 0, 0, 0])
+    pred = torch.tensor([0, 0, 0, 1])
+    s = scores_from_confusion(confusion_matrix(pred, target, 3))
+    assert s["iou_per_class"][1] == 0 and s["miou"] == pytest.approx((3 / 4 + 0) / 2)
+
+
+def test_streaming_equals_one_shot_and_accepts_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, 5, 7, generator=g)
+    target = torch.randint(0, 4, (6, 5, 7), generator=g)
+    target[target == 3] = 255
+    acc = SegmentationMetrics(4)
+    for i in range(0, 6, 2):
+        acc.update(logits[i : i + 2], target[i : i + 2])
+    whole = SegmentationMetrics(4)
+    whole.update(logits.argmax(1), target)
+    a, b = acc.compute(per_class=True), whole.compute(per_class=True)
+    assert torch.equal(a["confusion"], b["confusion"]) and a["miou"] == b["miou"]
+    assert set(acc.compute()) == {"miou", "pixel_acc", "mean_acc"}
+    assert all(isinstance(v, float) for v in acc.compute().values()), "engine contract: plain floats"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_torchmetrics_multiclass_jaccard(seed):
+    g = torch.Generator().manual_seed(seed)
+    c = 6
+    target = torch.randint(0, c, (4, 16, 16), generator=g)
+    pred = torch.randint(0, c, (4, 16, 16), generator=g)
+    target[:, :3] = 255
+    target[target == 4] = 5  # class 4 never in the target ...
+    pred[pred == 4] = 0  # ... nor predicted: absent
+    ours = SegmentationMetrics(c)
+    tm_macro = MulticlassJaccardIndex(c, ignore_index=255, average="macro")
+    tm_none = MulticlassJaccardIndex(c, ignore_index=255, average=None)
+    for i in range(4):
+        ours.update(pred[i], target[i])
+        tm_macro.update(pred[i], target[i])
+        tm_none.update(pred[i], target[i])
+    s = ours.compute(per_class=True)
+    present = ~torch.isnan(s["iou_per_class"])
+    assert present.tolist() == [True, True, True, True, False, True]
+    torch.testing.assert_close(s["iou_per_class"][present].float(), tm_none.compute()[present])
+    assert tm_none.compute()[4] == 0, "torchmetrics reports an absent class as 0"
+    assert s["miou"] == pytest.approx(float(tm_macro.compute()), abs=1e-6)
+
+
+def test_summary_names_classes_and_errors():
+    acc = SegmentationMetrics(3, class_names=["road", "car", "sky"])
+    acc.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]))
+    s = acc.summary()
+    assert s["iou_per_class"]["road"] == 1.0 and s["iou_per_class"]["sky"] == 0.0
+    assert s["confusion"].shape == (3, 3)
+    with pytest.raises(ValueError, match="labels must be in 0..2"):
+        acc.update(torch.tensor([0, 1]), torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="labels must be in 0..2"):
+        acc.update(torch.tensor([0, 5]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="do not match"):
+        acc.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
+    empty = SegmentationMetrics(3)
+    assert math.isnan(empty.compute()["miou"])
+
+
+def test_engine_segmentation_task_uses_it():
+    from dla_repro.engine.tasks import SegmentationTask
+
+    task = SegmentationTask(num_classes=3)
+    meter = task.metrics()
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 1] = 1
+    target = torch.ones(1, 8, 8, dtype=torch.long)  # logits are resized to the target first
+    target[0, 0] = 255
+    meter.update(logits, target)
+    out = {k: float(v) for k, v in meter.compute().items()}
+    assert out["miou"] == 1.0 and out["pixel_acc"] == 1.0
+    assert type(meter.inner).__name__ == "SegmentationMetrics"
