@@ -396,18 +396,21 @@ class BSDS500(SegmentationDataset):
 
 # --------------------------------------------------------------------------- SiftFlow
 class SiftFlow(SegmentationDataset):
-    """SIFT Flow (LMSun subset, Liu et al.): 2688 256×256 outdoor images, 33 semantic classes.
+    """The SIFT Flow dataset (Liu, Yuen & Torralba; LabelMe images): 2688 256×256 outdoor
+    scenes, 33 semantic classes (alphabetical, the order of the dataset's ``names``).
 
     Accepted layout (``SiftFlowDataset.zip`` as distributed)::
 
         <root>/SiftFlow/Images/spatial_envelope_256x256_static_8outdoorcategories/*.jpg
         <root>/SiftFlow/SemanticLabels/spatial_envelope_256x256_static_8outdoorcategories/*.mat
 
-    each ``.mat`` holding ``S`` (256×256, 0 = unlabelled → 255, 1..33 → 0..32).
-    Splits: ``all``; ``test`` and ``train`` from a list file in the dataset folder:
-    ``test.txt`` / ``train.txt`` (one image per line, a name, stem or relative
-    path), or else the distributed ``TestSet1.txt`` (the 200 standard test images;
-    ``train`` is then every other image, the standard 2488).
+    each ``.mat`` holding ``S`` (256×256, 0 = unlabelled → 255, 1..33 → 0..32); the
+    geometric labels (``GeoLabels``) are not read. Splits: ``all``, or ``train`` /
+    ``test`` chosen by a list file in the dataset folder, in this order of
+    preference: ``<split>.txt`` (the images listed); for ``train``, the images
+    *not* in ``test.txt``; the distributed ``TestSet1.txt`` (the 200 standard test
+    images; ``train`` = the other 2488). A list has one image per line, as a file
+    name, a stem or a relative path (``/`` or ``\\``).
     """
 
     classes = (
