@@ -51,3 +51,16 @@ def test_registered_in_timm_and_bad_task():
     assert isinstance(model, PlainNet) and model(torch.randn(1, 3, 16, 16)).shape == (1, 6)
     with pytest.raises(ValueError, match="task"):
         PlainNet(task="detection")
+
+
+def test_calibration_runs_end_to_end_and_writes_its_table():
+    from dla_repro.data.calibrate import CALIBRATION_TABLE, calibrate, load_calibration
+    from dla_repro.paths import results_dir
+
+    df = calibrate(image_size=32, n_train=32, n_val=16, epochs=1, batch_size=16, progress=False)
+    metrics = set(df["metric"])
+    assert {"top1", "shape_acc", "position_acc", "miou", "pixel_acc", "scene_acc_whole_image"} <= metrics
+    assert df["value"].between(0, 1).all()
+    assert (results_dir() / "tables" / CALIBRATION_TABLE).exists()
+    again = load_calibration()
+    assert len(again) == len(df) and set(again["data_digest"]) == {df["data_digest"].iloc[0]}
