@@ -10,7 +10,7 @@
 
 Files: ``config`` (TrainConfig), ``loop`` (fit, evaluate), ``tasks`` (loss and
 metrics), ``loaders`` (data → DataLoaders), ``checkpoint`` (atomic save, safe
-load), ``seed`` (seeding, RNG state), ``distributed`` (torchrun / DDP).
+load), ``seed`` (seeding, RNG state), ``sweep`` (configurations × seeds under one parent run), ``distributed`` (torchrun / DDP).
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .loaders import DataBundle
 from .loop import FitResult, NonFiniteLossError, evaluate, fit
 from .seed import seed_everything
+from .sweep import SweepResult, Trial, count_params, sweep
 from .tasks import ClassificationTask, ConfusionMatrix, SegmentationTask, TopKAccuracy
 
 __all__ = [
@@ -28,11 +29,15 @@ __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "SegmentationTask",
+    "SweepResult",
     "TopKAccuracy",
     "TrainConfig",
+    "Trial",
+    "count_params",
     "evaluate",
     "fit",
     "load_checkpoint",
     "save_checkpoint",
     "seed_everything",
+    "sweep",
 ]
