@@ -3,7 +3,7 @@
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
-    dla-repro bench {models,synthetic} [...]
+    dla-repro bench {models,synthetic,kernels} [...]
 """
 
 from __future__ import annotations
@@ -74,16 +74,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         df = bench_models(
             variants=args.variants, device=args.device, batch_size=args.batch_size,
-            image_size=args.image_size, steps=args.steps,
+            image_size=args.image_size or 224, steps=args.steps,
         )
         print(df.to_string(index=False))
         print(f"wrote {write_benchmark(df, args.name or f'models_{df.device.iloc[0]}')}")
     elif args.what == "synthetic":
-        from .data.synthetic import benchmark_generator, write_benchmark as write_synth
+        from .data.synthetic import benchmark_generator
 
-        df = benchmark_generator(image_size=args.image_size)
+        sizes = [args.image_size] if args.image_size else [32, 64, 128]
+        df = benchmark_generator(image_sizes=sizes, write=True)
         print(df.to_string(index=False))
-        print(f"wrote {write_synth(df)}")
+    else:  # kernels
+        from .bench_kernels import bench_l2norm, write_benchmark as write_kernels
+
+        df = bench_l2norm(args.device, 16, [512, 1024], args.image_size or 64, 20, 5)
+        print(df.to_string(index=False))
+        print(f"wrote {write_kernels(df)}")
     return 0
 
 
@@ -114,11 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("bench", help="throughput benchmarks, written to results/benchmarks/")
-    p.add_argument("what", choices=["models", "synthetic"])
+    p.add_argument("what", choices=["models", "synthetic", "kernels"])
     p.add_argument("--variants", nargs="+", default=["dla34", "dla46_c"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="models: 224; synthetic: 32, 64 and 128; kernels: 64")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--name", default=None, help="output file stem")
     p.set_defaults(func=_cmd_bench)
