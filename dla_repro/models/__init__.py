@@ -36,6 +36,15 @@ _EXPORTS = {
         "FamilyMember",
         "matched_family",
     ),
+    "dla_up": (
+        "BilinearConvTranspose2d",
+        "bilinear_upsampler",
+        "IDAUp",
+        "DLAUp",
+        "DLAUpSegmenter",
+        "create_dla_up",
+        "boundary_task",
+    ),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

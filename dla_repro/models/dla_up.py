@@ -1,0 +1,376 @@
+"""DLA-Up: iterative deep aggregation for dense prediction (Deep Layer Aggregation, §4.2, §5.3).
+
+A backbone (any ``features_only`` timm model with ``feature_info`` -- the
+``dlarepro_*`` DLAs or timm's own ``dla34``) gives levels ``x_l`` at strides
+``2^l``.  DLA-Up merges them back from the deepest to the stride ``down_ratio``
+with IDA used a second time, now upsampling (PAPERS.md §1, "Dense prediction"):
+
+* :class:`BilinearConvTranspose2d` -- the upsampler ``U_s``: a depthwise
+  ``ConvTranspose2d`` (kernel ``2s - s mod 2``, stride ``s``, padding ``⌊s/2⌋``)
+  whose weights start as bilinear interpolation and are trained;
+* :class:`IDAUp` -- one IDA over levels ``x_j, …, x_L`` of a common width ``w``::
+
+      P_i = ReLU(BN(W_i ∗ x_i))              (1×1 projection, identity when x_i has width w)
+      u_i = U_{2^(i-j)}(P_i)                 (to the resolution of x_j)
+      y_j = u_j,  y_i = N(y_{i-1}, u_i)      (binary aggregation nodes, i = j+1 … L)
+
+  ``N`` is :class:`~dla_repro.models.aggregation.AggregationNode`: conv over the
+  concatenation (3×3 for dense prediction, the paper; 1×1 as an ablation) → BN → ReLU;
+* :class:`DLAUp` -- IDA-up applied from deep to shallow: step ``j = L-1, …, f``
+  runs :class:`IDAUp` on ``x_j`` and the outputs ``y`` of the previous step (already
+  at the resolution of ``x_{j+1}``), replacing those levels by its own ``y``; the
+  final ``y_L`` of the last step (at stride ``2^f = down_ratio``) is the decoder output.
+  Widths: each step projects to the width of its shallowest level ``x_j`` (the
+  official ucbdrive/dla code); ``width=32`` projects everything to 32 channels (the
+  paper text).
+
+:class:`DLAUpSegmenter` adds the head: a 1×1 classifier at stride ``down_ratio``
+(2 by default, as in the paper; 4 or 8 configurable) whose scores are upsampled
+bilinearly to the input size.  ``decoder="fcn"`` is the ablation without
+aggregation: the classifier on the deepest level only, upsampled in one step
+(FCN-32s-like).  The boundary head is the same with 2 classes (background,
+edge); the paper's positive-class weight ``edge_weight = 10`` is a loss weight,
+see :func:`boundary_task`.
+
+:func:`create_dla_up` builds one from a timm model name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import ConvNormAct
+
+from .aggregation import AggregationNode
+
+__all__ = [
+    "DECODERS",
+    "HEADS",
+    "bilinear_kernel",
+    "BilinearConvTranspose2d",
+    "bilinear_upsampler",
+    "IDAUp",
+    "DLAUp",
+    "FCNDecoder",
+    "DLAUpSegmenter",
+    "create_dla_up",
+    "boundary_task",
+]
+
+DECODERS = ("ida_up", "fcn")
+HEADS = ("segmentation", "boundary")
+BORDERS = ("zero", "replicate")
+
+
+def bilinear_kernel(factor: int) -> torch.Tensor:
+    """The ``k×k`` bilinear kernel of upsampling by ``factor`` (``k = 2·factor - factor mod 2``).
+
+    ``K[a, b] = (1 - |a - c|/s)(1 - |b - c|/s)`` with ``s = factor`` and centre
+    ``c = s - 1/2`` (even ``s``) or ``s - 1`` (odd ``s``): the weight an input pixel
+    gets at an output pixel ``|a - c|/s`` input pixels away.  With stride ``s`` and
+    padding ``⌊s/2⌋`` this places output pixel ``o`` at input coordinate
+    ``(o + 1/2)/s - 1/2``, the convention of ``F.interpolate(align_corners=False)``.
+    """
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"upsampling factor must be a positive integer, got {factor!r}")
+    k = 2 * factor - factor % 2
+    centre = factor - 0.5 if factor % 2 == 0 else factor - 1.0
+    t = 1.0 - (torch.arange(k, dtype=torch.float64) - centre).abs() / factor
+    return torch.outer(t, t).float()
+
+
+class BilinearConvTranspose2d(nn.Module):
+    """Depthwise transposed convolution ``U_s``, initialised to bilinear upsampling by ``s``, trainable.
+
+    ``y = conv_transpose2d(x, K, stride=s, padding=⌊s/2⌋, groups=C)`` with every
+    channel's kernel ``K`` = :func:`bilinear_kernel` ``(s)`` at initialisation
+    (``weight`` is ``C×1×k×k``, no bias; ``trainable=False`` freezes it).  The
+    output is ``s·H × s·W``.
+
+    What is exact at initialisation (checked in ``tests/test_dla_up.py``):
+
+    * ``border="zero"`` (default; the official code): the input is zero outside
+      the image, so an output pixel whose source coordinate ``(o+1/2)/s - 1/2``
+      lies in ``[0, H-1]`` -- every pixel except the first and last ``⌊s/2⌋``
+      rows/columns -- equals ``F.interpolate(x, scale_factor=s, mode="bilinear",
+      align_corners=False)`` exactly, for any input; a constant is reproduced
+      and a linear ramp ``a·i + b`` becomes ``a·((o+1/2)/s - 1/2) + b`` there.  In
+      the border rows the missing neighbour counts as 0 (a constant 1 gives
+      ``1 - w`` with ``w`` the missing weight, e.g. ``3/4`` for ``s = 2``).
+    * ``border="replicate"``: the input is padded by one replicated pixel before
+      and the result cropped after, so *every* output pixel equals
+      ``F.interpolate(..., align_corners=False)`` (which clamps at the border):
+      constants are exact everywhere, ramps are exact in the interior and
+      clamped to the edge value in the border rows, as ``F.interpolate``.
+    """
+
+    def __init__(self, channels: int, factor: int, trainable: bool = True, border: str = "zero"):
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        if border not in BORDERS:
+            raise ValueError(f"border={border!r}: expected one of {', '.join(BORDERS)}")
+        kernel = bilinear_kernel(factor)
+        self.channels, self.factor, self.border = channels, factor, border
+        self.padding = factor // 2
+        self.weight = nn.Parameter(kernel.expand(channels, 1, *kernel.shape).clone(), requires_grad=trainable)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(bilinear_kernel(self.factor).expand_as(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.factor
+        if self.border == "replicate":
+            x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        y = F.conv_transpose2d(x, self.weight.to(x.dtype), stride=s, padding=self.padding, groups=self.channels)
+        if self.border == "replicate":
+            y = y[..., s:-s, s:-s]
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, factor={self.factor}, border={self.border!r}, trainable={self.weight.requires_grad}"
+
+
+def bilinear_upsampler(channels: int, factor: int, trainable: bool = True, border: str = "zero") -> nn.Module:
+    """:class:`BilinearConvTranspose2d` for ``factor > 1``, ``nn.Identity`` for ``factor == 1``."""
+    if factor == 1:
+        return nn.Identity()
+    return BilinearConvTranspose2d(channels, factor, trainable=trainable, border=border)
+
+
+def _fit(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Crop an upsampled map to ``size`` (a stride-2 conv rounds odd sizes up, so ``s·⌈H/s⌉ ≥ H``)."""
+    h, w = size
+    if x.shape[-2] < h or x.shape[-1] < w:
+        raise ValueError(f"upsampled level {tuple(x.shape[-2:])} is smaller than its target {tuple(size)}")
+    return x[..., :h, :w]
+
+
+def _check_kernel(node_kernel: int) -> None:
+    if node_kernel not in (1, 3):
+        raise ValueError(f"node_kernel must be 1 or 3, got {node_kernel!r}")
+
+
+class IDAUp(nn.Module):
+    """One iterative deep aggregation with upsampling (see the module docstring).
+
+    ``in_channels[i]`` and ``factors[i]`` describe input level ``i`` (``factors[0]``
+    is 1: the shallowest input sets the resolution).  ``forward(levels)`` returns
+    the list ``[y_1, …, y_n]`` of node outputs, all at the resolution of
+    ``levels[0]`` with ``out_channels`` channels; the last is the aggregate.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        factors: Sequence[int],
+        node_kernel: int = 3,
+        trainable_up: bool = True,
+        border: str = "zero",
+    ):
+        super().__init__()
+        _check_kernel(node_kernel)
+        if len(in_channels) < 2 or len(in_channels) != len(factors):
+            raise ValueError(f"IDAUp needs ≥ 2 levels with one factor each, got {list(in_channels)} / {list(factors)}")
+        self.proj = nn.ModuleList(
+            nn.Identity() if c == out_channels else ConvNormAct(c, out_channels, 1) for c in in_channels
+        )
+        self.up = nn.ModuleList(bilinear_upsampler(out_channels, int(f), trainable_up, border) for f in factors)
+        self.nodes = nn.ModuleList(
+            AggregationNode(2 * out_channels, out_channels, kernel_size=node_kernel) for _ in in_channels[1:]
+        )
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        size = levels[0].shape[-2:]
+        u = [_fit(up(proj(x)), size) for x, proj, up in zip(levels, self.proj, self.up)]
+        y, out = u[0], []
+        for node, ui in zip(self.nodes, u[1:]):
+            y = node([y, ui])
+            out.append(y)
+        return out
+
+
+class DLAUp(nn.Module):
+    """IDA-up from the deepest level to the shallowest: ``levels`` (strides ``r_0 < r_1 < …``) → one map at ``r_0``.
+
+    ``channels`` are the input levels' widths, ``reductions`` their strides.
+    Step ``t`` (``j = n-2-t``) aggregates level ``j`` with the ``t+1`` outputs of
+    the previous step; ``width=None`` projects step ``j`` to ``channels[j]``
+    (official code), an integer projects every step to that width (paper text: 32).
+    ``out_channels`` is the width of the output map.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        reductions: Sequence[int],
+        node_kernel: int = 3,
+        width: Optional[int] = None,
+        trainable_up: bool = True,
+        border: str = "zero",
+    ):
+        super().__init__()
+        _check_kernel(node_kernel)
+        n = len(channels)
+        if n < 2 or len(reductions) != n:
+            raise ValueError(f"DLAUp needs ≥ 2 levels with one stride each, got {list(channels)} / {list(reductions)}")
+        for a, b in zip(reductions, reductions[1:]):
+            if b % a or b <= a:
+                raise ValueError(f"level strides must increase by integer factors, got {list(reductions)}")
+        in_chs, strides = list(channels), list(reductions)
+        self.idas = nn.ModuleList()
+        for t in range(n - 1):
+            j = n - 2 - t
+            out = channels[j] if width is None else int(width)
+            factors = [s // strides[j] for s in strides[j:]]
+            self.idas.append(IDAUp(in_chs[j:], out, factors, node_kernel, trainable_up, border))
+            in_chs[j + 1 :] = [out] * (n - 1 - j)  # y replaces levels j+1..n-1, at level j's stride
+            strides[j + 1 :] = [strides[j]] * (n - 1 - j)
+        self.out_channels = out
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        levels = list(levels)
+        n = len(levels)
+        if n != len(self.idas) + 1:
+            raise ValueError(f"DLAUp built for {len(self.idas) + 1} levels, got {n}")
+        for t, ida in enumerate(self.idas):
+            j = n - 2 - t
+            levels[j + 1 :] = ida(levels[j:])
+        return levels[-1]
+
+
+class FCNDecoder(nn.Module):
+    """The no-aggregation ablation: the deepest level only (the head then upsamples it in one step)."""
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        self.out_channels = int(channels[-1])
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        return levels[-1]
+
+
+class DLAUpSegmenter(nn.Module):
+    """``backbone → levels from stride down_ratio → decoder → 1×1 classifier → bilinear to input size``.
+
+    ``forward`` returns ``N×num_classes×H×W`` logits; ``forward_scores`` the
+    classifier's scores at the decoder's stride (``down_ratio`` for ``ida_up``,
+    the backbone's last stride for ``fcn``).  The final upsampling is fixed
+    bilinear (``F.interpolate``, any input size); the official code uses a frozen
+    bilinear transposed conv, which is the same away from the border.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        decoder: nn.Module,
+        num_classes: int,
+        first_level: int,
+        down_ratio: int,
+        decoder_name: str,
+        head: str = "segmentation",
+    ):
+        super().__init__()
+        self.backbone, self.decoder = backbone, decoder
+        self.first_level, self.down_ratio = first_level, down_ratio
+        self.decoder_name, self.head_name, self.num_classes = decoder_name, head, num_classes
+        self.classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        nn.init.normal_(self.classifier.weight, std=math.sqrt(2.0 / decoder.out_channels))  # He init, as the official head
+        nn.init.zeros_(self.classifier.bias)
+
+    def levels(self, x: torch.Tensor) -> List[torch.Tensor]:
+        feats = self.backbone(x)
+        if isinstance(feats, dict):
+            feats = list(feats.values())
+        return list(feats)[self.first_level :]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.levels(x))
+
+    def forward_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.forward_scores(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"decoder={self.decoder_name!r}, head={self.head_name!r}, down_ratio={self.down_ratio}"
+
+
+def create_dla_up(
+    backbone: Union[str, nn.Module] = "dlarepro_dla34",
+    num_classes: Optional[int] = None,
+    *,
+    down_ratio: int = 2,
+    decoder: str = "ida_up",
+    node_kernel: int = 3,
+    head: str = "segmentation",
+    width: Optional[int] = None,
+    trainable_up: bool = True,
+    border: str = "zero",
+    pretrained: bool = False,
+    **backbone_kwargs: Any,
+) -> DLAUpSegmenter:
+    """DLA-Up (``decoder="ida_up"``) or the FCN ablation (``"fcn"``) on a ``features_only`` backbone.
+
+    ``backbone``: a timm model name (``"dlarepro_dla34"``, timm's ``"dla34"``, …;
+    built with ``features_only=True`` and ``backbone_kwargs``, e.g.
+    ``channels=(8, 16, 32, 64, 128, 256)`` for a tiny ``dlarepro_*`` net) or a
+    module with ``feature_info`` returning a list of levels.
+    ``down_ratio``: stride of the prediction (2, 4 or 8; must be one of the
+    backbone's level strides); levels shallower than it are not used.
+    ``head="boundary"``: 2 classes (``num_classes`` may be omitted or 2); train it
+    with :func:`boundary_task`.  Logits come back at the input resolution.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: expected one of {', '.join(HEADS)}")
+    if head == "boundary":
+        if num_classes not in (None, 2):
+            raise ValueError(f"the boundary head has 2 classes (background, edge), got num_classes={num_classes}")
+        num_classes = 2
+    if num_classes is None or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if down_ratio not in (2, 4, 8):
+        raise ValueError(f"down_ratio must be 2, 4 or 8, got {down_ratio!r}")
+    _check_kernel(node_kernel)
+    if isinstance(backbone, str):
+        import timm
+
+        from . import register
+
+        register()  # the dlarepro_* names in timm's registry
+
+        backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True, **backbone_kwargs)
+    elif backbone_kwargs or pretrained:
+        raise ValueError("backbone_kwargs and pretrained apply only to a backbone given by name")
+    info = getattr(backbone, "feature_info", None)
+    if info is None or not hasattr(info, "reduction"):
+        raise ValueError(f"{type(backbone).__name__} has no feature_info; build it with features_only=True")
+    channels, reductions = [int(c) for c in info.channels()], [int(r) for r in info.reduction()]
+    if down_ratio not in reductions:
+        raise ValueError(f"down_ratio={down_ratio} is not a level stride of the backbone (strides {reductions})")
+    first = reductions.index(down_ratio)
+    if decoder == "fcn":
+        dec: nn.Module = FCNDecoder(channels[first:])
+    else:
+        if len(channels) - first < 2:
+            raise ValueError(f"ida_up needs ≥ 2 levels at stride ≥ {down_ratio}, backbone has strides {reductions}")
+        dec = DLAUp(channels[first:], reductions[first:], node_kernel, width, trainable_up, border)
+    return DLAUpSegmenter(backbone, dec, num_classes, first, down_ratio, decoder, head)
+
+
+def boundary_task(edge_weight: float = 10.0, ignore_index: int = 255, evaluator=None):
+    """The boundary loss: 2-class cross-entropy with weights ``(1, edge_weight)`` (paper: ``edge_weight = 10``)."""
+    from ..engine.tasks import SegmentationTask
+
+    if not edge_weight > 0:
+        raise ValueError(f"edge_weight must be positive, got {edge_weight!r}")
+    return SegmentationTask(2, ignore_index=ignore_index, class_weights=[1.0, float(edge_weight)], evaluator=evaluator)

@@ -1,0 +1,159 @@
+"""DLA-Up: bilinear upsampler initialisation, decoder shapes, backbones, gradients, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dla_repro.models.dla_up import (
+    BilinearConvTranspose2d,
+    DLAUp,
+    IDAUp,
+    bilinear_kernel,
+    bilinear_upsampler,
+    boundary_task,
+    create_dla_up,
+)
+
+TINY = dict(channels=(8, 16, 32, 64, 128, 256))
+
+
+def _interior(y: torch.Tensor, s: int) -> torch.Tensor:
+    b = s // 2
+    return y[..., b : y.shape[-2] - b, b : y.shape[-1] - b] if b else y
+
+
+@pytest.mark.parametrize("s", [2, 3, 4, 8])
+def test_untrained_upsampler_reproduces_constant_and_ramp(s):
+    h, w = 5, 7
+    up = BilinearConvTranspose2d(2, s)
+    const = torch.full((1, 2, h, w), 3.5)
+    i = torch.arange(h, dtype=torch.float32).view(h, 1)
+    j = torch.arange(w, dtype=torch.float32).view(1, w)
+    ramp = (0.7 * i - 1.3 * j + 2.0).expand(1, 2, h, w)
+    with torch.no_grad():
+        yc, yr = up(const), up(ramp)
+    assert yc.shape == (1, 2, s * h, s * w)
+    # interior (source coordinate inside the image): the constant, and the ramp at the source coordinates
+    assert torch.allclose(_interior(yc, s), torch.full_like(_interior(yc, s), 3.5), atol=1e-6)
+    src_i = (torch.arange(s * h, dtype=torch.float64) + 0.5) / s - 0.5
+    src_j = (torch.arange(s * w, dtype=torch.float64) + 0.5) / s - 0.5
+    expect = (0.7 * src_i.view(-1, 1) - 1.3 * src_j.view(1, -1) + 2.0).float().expand_as(yr)
+    assert torch.allclose(_interior(yr, s), _interior(expect, s), atol=1e-5)
+    # interior equals F.interpolate for any input
+    x = torch.randn(1, 2, h, w)
+    ref = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(_interior(up(x), s), _interior(ref, s), atol=1e-5)
+    # zero border: the first ⌊s/2⌋ rows see a missing (zero) neighbour
+    if s > 1:
+        assert yc[0, 0, 0, s * w // 2] < 3.5
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_replicate_border_is_exact_everywhere(s):
+    up = BilinearConvTranspose2d(1, s, border="replicate")
+    x = torch.randn(2, 1, 4, 6)
+    with torch.no_grad():
+        y = up(x)
+        yc = up(torch.ones(1, 1, 4, 6))
+    assert torch.allclose(y, F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False), atol=1e-5)
+    assert torch.allclose(yc, torch.ones_like(yc), atol=1e-6)
+
+
+def test_bilinear_kernel_values_and_factor_one():
+    assert torch.allclose(bilinear_kernel(2)[0], torch.tensor([0.25, 0.75, 0.75, 0.25]) * 0.25)
+    assert bilinear_kernel(1).tolist() == [[1.0]]
+    assert isinstance(bilinear_upsampler(4, 1), torch.nn.Identity)
+
+
+def test_upsampler_is_trainable_and_receives_gradients():
+    model = create_dla_up("dlarepro_dla34", 3, **TINY)
+    ups = [m for m in model.modules() if isinstance(m, BilinearConvTranspose2d)]
+    assert ups and all(u.weight.requires_grad for u in ups)
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).mean().backward()
+    assert all(u.weight.grad is not None and u.weight.grad.abs().sum() > 0 for u in ups)
+    frozen = BilinearConvTranspose2d(3, 2, trainable=False)
+    assert not frozen.weight.requires_grad
+
+
+@pytest.mark.parametrize("decoder", ["ida_up", "fcn"])
+@pytest.mark.parametrize("down_ratio", [2, 4, 8])
+def test_output_shapes_tiny_dlarepro(decoder, down_ratio):
+    model = create_dla_up("dlarepro_dla34", 5, down_ratio=down_ratio, decoder=decoder, **TINY).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert model(x).shape == (2, 5, 64, 96)
+        scores = model.forward_scores(x)
+    stride = down_ratio if decoder == "ida_up" else 32
+    assert scores.shape == (2, 5, 64 // stride, 96 // stride)
+
+
+@pytest.mark.parametrize("down_ratio", [2, 8])
+def test_timm_dla34_backbone(down_ratio):
+    model = create_dla_up("dla34", 4, down_ratio=down_ratio, pretrained=False).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+        assert model.forward_scores(torch.randn(1, 3, 64, 64)).shape[-1] == 64 // down_ratio
+
+
+def test_node_kernel_and_width_options():
+    k1 = create_dla_up("dlarepro_dla34", 3, node_kernel=1, **TINY)
+    k3 = create_dla_up("dlarepro_dla34", 3, node_kernel=3, **TINY)
+    kernels = {m.kernel_size for m in k1.decoder.modules() if hasattr(m, "kernel_size") and isinstance(m.kernel_size, int)}
+    assert kernels == {1}
+    assert sum(p.numel() for p in k3.parameters()) > sum(p.numel() for p in k1.parameters())
+    paper = create_dla_up("dlarepro_dla34", 3, width=32, **TINY)
+    assert paper.decoder.out_channels == 32
+    assert paper(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    assert k3.decoder.out_channels == 16  # official: the width of the stride-2 level
+
+
+def test_ida_up_merges_deep_to_shallow():
+    ida = IDAUp([4, 8, 16], 4, [1, 2, 4])
+    out = ida([torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4), torch.randn(1, 16, 2, 2)])
+    assert [o.shape for o in out] == [torch.Size([1, 4, 8, 8])] * 2
+    up = DLAUp([4, 8, 16, 32], [2, 4, 8, 16])
+    assert len(up.idas) == 3
+    assert up([torch.randn(1, c, 32 // r, 32 // r) for c, r in zip([4, 8, 16, 32], [2, 4, 8, 16])]).shape == (1, 4, 16, 16)
+
+
+def test_boundary_head_and_task():
+    model = create_dla_up("dlarepro_dla34", head="boundary", **TINY)
+    assert model.num_classes == 2
+    task = boundary_task(10)
+    assert task.num_classes == 2 and task.class_weights == [1.0, 10.0]
+    logits = model(torch.randn(1, 3, 64, 64))
+    loss = task.loss(logits, torch.randint(0, 2, (1, 64, 64)))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_classes=3, decoder="unet"), "decoder"),
+        (dict(num_classes=3, head="depth"), "head"),
+        (dict(num_classes=3, down_ratio=16), "down_ratio"),
+        (dict(num_classes=3, node_kernel=5), "node_kernel"),
+        (dict(num_classes=5, head="boundary"), "2 classes"),
+        (dict(num_classes=None), "num_classes"),
+        (dict(num_classes=0), "num_classes"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_dla_up("dlarepro_dla34", **kwargs, **TINY)
+
+
+def test_invalid_upsampler_and_backbone():
+    with pytest.raises(ValueError, match="factor"):
+        BilinearConvTranspose2d(3, 0)
+    with pytest.raises(ValueError, match="border"):
+        BilinearConvTranspose2d(3, 2, border="reflect")
+    with pytest.raises(ValueError, match="feature_info"):
+        create_dla_up(torch.nn.Conv2d(3, 3, 1), 3)
+    with pytest.raises(ValueError, match="not a level stride"):
+        create_dla_up("dlarepro_dla34", 3, down_ratio=4, out_indices=(0, 1, 3, 4, 5), **TINY)
+    with pytest.raises(ValueError, match="edge_weight"):
+        boundary_task(0)
