@@ -90,6 +90,13 @@ def test_output_shapes_tiny_dlarepro(decoder, down_ratio):
     assert scores.shape == (2, 5, 64 // stride, 96 // stride)
 
 
+def test_any_input_size_is_padded_to_the_backbone_stride():
+    model = create_dla_up("dlarepro_dla34", 3, **TINY).eval()
+    assert model.stride == 32
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 45, 60)).shape == (1, 3, 45, 60)
+
+
 @pytest.mark.parametrize("down_ratio", [2, 8])
 def test_timm_dla34_backbone(down_ratio):
     model = create_dla_up("dla34", 4, down_ratio=down_ratio, pretrained=False).eval()

@@ -262,8 +262,12 @@ class DLAUpSegmenter(nn.Module):
     ``forward`` returns ``N×num_classes×H×W`` logits; ``forward_scores`` the
     classifier's scores at the decoder's stride (``down_ratio`` for ``ida_up``,
     the backbone's last stride for ``fcn``).  The final upsampling is fixed
-    bilinear (``F.interpolate``, any input size); the official code uses a frozen
-    bilinear transposed conv, which is the same away from the border.
+    bilinear (``F.interpolate``); the official code uses a frozen bilinear
+    transposed conv, which is the same away from the border.  An input whose
+    sides are not multiples of the backbone's total stride ``stride`` (e.g.
+    CamVid's 360×480 at stride 32) is zero-padded at the bottom/right to the
+    next multiple and the logits cropped back (0 is the mean colour after
+    normalisation).
     """
 
     def __init__(
@@ -280,6 +284,8 @@ class DLAUpSegmenter(nn.Module):
         self.backbone, self.decoder = backbone, decoder
         self.first_level, self.down_ratio = first_level, down_ratio
         self.decoder_name, self.head_name, self.num_classes = decoder_name, head, num_classes
+        info = getattr(backbone, "feature_info", None)
+        self.stride = int(max(info.reduction())) if info is not None and hasattr(info, "reduction") else 1
         self.classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=math.sqrt(2.0 / decoder.out_channels))  # He init, as the official head
         nn.init.zeros_(self.classifier.bias)
@@ -297,7 +303,12 @@ class DLAUpSegmenter(nn.Module):
         return self.classifier(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.forward_scores(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.stride, -w % self.stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        logits = F.interpolate(self.forward_scores(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
 
     def extra_repr(self) -> str:
         return f"decoder={self.decoder_name!r}, head={self.head_name!r}, down_ratio={self.down_ratio}"
