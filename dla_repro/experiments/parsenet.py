@@ -1,0 +1,517 @@
+"""ParseNet §3 (notebook ``parsenet/05_global_context``): receptive fields, feature norms, fusion ablation.
+
+What the notebook calls, in its order:
+
+* :func:`load_data` -- the synthetic segmentation task (default; it has the
+  scene-dependent *context classes*) or a real dataset reader (``siftflow``,
+  ``voc2012``, … via ``build_segmentation_dataset``) in the ``paper`` profile;
+* :func:`build_model` -- a ParseNet head (``dla_repro.models.parsenet``) on a
+  backbone: ``dla34_tiny`` (``dlarepro_dla34`` with channels 8…256, cut after
+  level ``level``; stride 8 at level 3) or ``vgg16`` (the FCN-32s baseline the
+  paper builds on) or any timm model name;
+* :data:`TRIALS` / :func:`make_trials` + :func:`run_ablation` -- the paper's
+  ablation as a ``dla_repro.engine.sweep``: the FCN baseline, +global context
+  with early / late fusion, each with and without L2 normalisation, and
+  learned vs fixed γ;
+* :func:`segmentation_scores` -- mIoU from the confusion matrix and, on the
+  synthetic data, the mIoU of the context classes and the **context error**
+  (among context-class pixels given the right shape, the share given the wrong
+  scene: the error global context is meant to remove; the same definition as
+  ``dla_repro.data.calibrate``);
+* :func:`receptive_fields` / :func:`plot_receptive_field` -- theoretical and
+  empirical field of the backbone's last layer (figure 1);
+* :func:`feature_norms` / :func:`plot_feature_norms` -- per-layer feature norms
+  (figure 2: why normalise before fusing);
+* :func:`summarize`, :func:`plot_ablation`, :func:`parsenet_claims` -- the table,
+  the figure and the verdicts (``dla_repro.analysis.claims.compare``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..analysis.claims import INCONCLUSIVE, Verdict, compare
+from ..analysis.receptive_field import empirical_receptive_field, extent, theoretical_receptive_field
+from ..engine import SegmentationTask, Trial, TrainConfig, sweep
+from ..models.parsenet import ParseNetSegmenter, create_parsenet, vgg16_fcn
+
+__all__ = [
+    "TRIALS",
+    "TINY_DLA34_CHANNELS",
+    "ParseNetData",
+    "load_data",
+    "build_model",
+    "make_trials",
+    "load_trained",
+    "run_ablation",
+    "confusion",
+    "segmentation_scores",
+    "summarize",
+    "parsenet_claims",
+    "receptive_fields",
+    "feature_norms",
+    "plot_receptive_field",
+    "plot_feature_norms",
+    "plot_ablation",
+    "receptive_field_table",
+    "verdict_markdown",
+    "sample_images",
+]
+
+IGNORE = 255
+TINY_DLA34_CHANNELS = (8, 16, 32, 64, 128, 256)
+
+#: The ablation, by trial name: ParseNetHead settings.  ``fcn`` is the baseline
+#: (local features only, no normalisation); the paper's ParseNet is ``early_l2``.
+TRIALS: dict[str, dict[str, Any]] = {
+    "fcn": dict(fusion="none", l2norm=False, learn_scale=True),
+    "early": dict(fusion="early", l2norm=False, learn_scale=True),
+    "late": dict(fusion="late", l2norm=False, learn_scale=True),
+    "early_l2": dict(fusion="early", l2norm=True, learn_scale=True),
+    "late_l2": dict(fusion="late", l2norm=True, learn_scale=True),
+    "early_l2_fixed": dict(fusion="early", l2norm=True, learn_scale=False),
+    "late_l2_fixed": dict(fusion="late", l2norm=True, learn_scale=False),
+}
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class ParseNetData:
+    """What the ablation trains on: ``splits`` (anything ``fit`` accepts) and its description."""
+
+    splits: Any
+    num_classes: int
+    class_names: list[str]
+    description: str  # for captions
+    synthetic: Any = None  # the SyntheticConfig, None on real data
+    context_classes: tuple[int, ...] = ()
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # the input normalisation (to draw images)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    @property
+    def val(self):
+        return self.splits.val if hasattr(self.splits, "val") else self.splits[1]
+
+
+def load_data(
+    dataset: str = "synthetic",
+    data_root: str = "",
+    image_size: int = 64,
+    n_train: int = 2000,
+    n_val: int = 500,
+    seed: int = 0,
+    crop_size: int = 0,
+) -> ParseNetData:
+    """The synthetic segmentation splits, or a real dataset's train / test (val) splits.
+
+    Real data: ``dataset`` is a name ``build_segmentation_dataset`` knows; the
+    training split gets the random scale / crop / flip augmentation with
+    ``crop_size`` (0: ``image_size``), the evaluation split none.  SiftFlow's
+    evaluation split is ``test``, the others' ``val``.
+    """
+    if dataset == "synthetic":
+        from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
+
+        config = SyntheticConfig(image_size=image_size)
+        splits = make_splits(config, n_train, n_val, seed, task="segmentation")
+        desc = f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, {n_train}/{n_val} images)"
+        return ParseNetData(splits, splits.train.num_classes, list(splits.train.class_names), desc, config,
+                            tuple(config.context_classes()), tuple(config.mean), tuple(config.std))
+    if not data_root:
+        raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
+    from ..data.readers import build_segmentation_dataset
+    from ..engine import DataBundle
+
+    crop = crop_size or image_size
+    train, num_classes = build_segmentation_dataset(dataset, data_root, "train", train=True, crop_size=crop)
+    eval_split = "test" if dataset.lower() == "siftflow" else "val"
+    val, _ = build_segmentation_dataset(dataset, data_root, eval_split, train=False)
+    names = list(getattr(train, "classes", [str(k) for k in range(num_classes)]))
+    desc = f"{dataset} ({data_root}; {len(train)} train / {len(val)} {eval_split}, crop {crop})"
+    bundle = DataBundle(train, val, getattr(train, "name", dataset), None, str(data_root))
+    return ParseNetData(bundle, num_classes, names, desc)
+
+
+# ----------------------------------------------------------------------------- model
+def build_model(
+    num_classes: int,
+    fusion: str = "early",
+    l2norm: bool = True,
+    learn_scale: bool = True,
+    init_scale: float = 10.0,
+    backbone: str = "dla34_tiny",
+    level: int = 3,
+    hidden_channels: int = 0,
+) -> ParseNetSegmenter:
+    """A ParseNet (or, ``fusion="none", l2norm=False``, its FCN baseline) on ``backbone``.
+
+    ``dla34_tiny``: ``dlarepro_dla34`` with channels 8…256, levels 0…``level``
+    returned and the last one used (level 3: stride 8, 64 channels).
+    ``vgg16``: the FCN-32s VGG-16 with fc6/fc7 (``vgg16_fcn``).  Any other name:
+    a timm model, ``features_only``, levels 0…``level``.
+    """
+    head = dict(fusion=fusion, l2norm=l2norm, learn_scale=learn_scale, init_scale=init_scale,
+                hidden_channels=hidden_channels or None)
+    if backbone == "vgg16":
+        return vgg16_fcn(num_classes, **head)
+    extra: dict[str, Any] = {"out_indices": tuple(range(level + 1))}
+    name = backbone
+    if backbone == "dla34_tiny":
+        name, extra["channels"] = "dlarepro_dla34", TINY_DLA34_CHANNELS
+    import dla_repro.models  # noqa: F401  (registers dlarepro_*)
+
+    return create_parsenet(name, num_classes, **head, **extra)
+
+
+def make_trials(names: Sequence[str], num_classes: int, **model_kwargs) -> list[Trial]:
+    """One ``Trial`` per name of :data:`TRIALS` (unknown names: a ``ValueError`` listing the known ones)."""
+    unknown = [n for n in names if n not in TRIALS]
+    if unknown:
+        raise ValueError(f"unknown trials {unknown}; known: {', '.join(TRIALS)}")
+    return [Trial(n, dict(TRIALS[n]), functools.partial(build_model, num_classes, **TRIALS[n], **model_kwargs))
+            for n in names]
+
+
+def load_trained(result, trial: str, seed: int, num_classes: int, **model_kwargs) -> ParseNetSegmenter:
+    """The final model of ``(trial, seed)`` of a sweep, rebuilt and loaded from its weights (CPU, eval mode)."""
+    model = build_model(num_classes, **TRIALS[trial], **model_kwargs)
+    state = torch.load(result.fits[(trial, seed)].weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- metrics
+@torch.no_grad()
+def confusion(model: nn.Module, dataset, num_classes: int, batch_size: int = 64) -> torch.Tensor:
+    """``C×C`` counts over ``dataset`` (rows: target, columns: prediction; 255 ignored), on CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.long)
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            pred = model(x.to(device)).argmax(1).cpu()
+            keep = y != IGNORE
+            cm += torch.bincount(y[keep].long() * num_classes + pred[keep], minlength=num_classes**2)
+    finally:
+        model.train(was_training)
+    return cm.view(num_classes, num_classes)
+
+
+def _iou(cm: torch.Tensor) -> torch.Tensor:
+    cm = cm.double()
+    tp = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+def segmentation_scores(cm: torch.Tensor, synthetic=None) -> dict[str, float]:
+    """``miou``, ``pixel_acc`` from a confusion matrix; on synthetic data also the context scores.
+
+    ``miou_context``: mean IoU of the context classes (``disk@scene0/1``,
+    ``cross@scene0/1``).  ``context_error``: among pixels of a context shape
+    predicted as *some* class of that shape, the share given the wrong scene
+    (chance 1 − 1/scene types); NaN when the model finds under 1 % of those
+    pixels' shape (``context_shape_recall``).
+    """
+    iou = _iou(cm)
+    out = {"miou": float(torch.nanmean(iou)), "pixel_acc": float(cm.diag().sum() / cm.sum().clamp(min=1))}
+    if synthetic is None:
+        return out
+    out["miou_context"] = float(torch.nanmean(iou[synthetic.context_classes()]))
+    table = synthetic.shape_class_table()
+    right_shape = wrong_scene = total = 0
+    for k, shape in enumerate(synthetic.shapes):
+        if shape not in synthetic.context_shapes:
+            continue
+        group = table[k]
+        block = cm[group][:, group]
+        total += int(cm[group].sum())
+        right_shape += int(block.sum())
+        wrong_scene += int(block.sum() - block.diag().sum())
+    out["context_shape_recall"] = right_shape / total if total else float("nan")
+    out["context_error"] = wrong_scene / right_shape if total and right_shape >= 0.01 * total else float("nan")
+    return out
+
+
+def _gammas(model: nn.Module) -> dict[str, float]:
+    head = getattr(model, "head", None)
+    out = {}
+    for part in ("local_norm", "global_norm"):
+        norm = getattr(head, part, None)
+        if norm is not None and hasattr(norm, "scale"):
+            out[f"gamma_{part.split('_')[0]}_mean"] = float(norm.scale.detach().mean())
+    return out
+
+
+# ------------------------------------------------------------------------ the sweep
+def run_ablation(
+    name: str,
+    trials: Sequence[str],
+    data: ParseNetData,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    eval_batch_size: int = 64,
+    **model_kwargs,
+):
+    """Train every trial × seed (``engine.sweep``) and score each on the evaluation split.
+
+    Each result row gets :func:`segmentation_scores` of the final model (prefix
+    ``eval_``) and the mean learned γ of each normalisation.  Returns the
+    ``SweepResult``.
+    """
+    task = SegmentationTask(data.num_classes, ignore_index=IGNORE)
+
+    def extra(model: nn.Module, _result) -> dict[str, float]:
+        cm = confusion(model, data.val, data.num_classes, eval_batch_size)
+        scores = segmentation_scores(cm, data.synthetic)
+        return {**{f"eval_{k}": v for k, v in scores.items()}, **_gammas(model)}
+
+    params = {"data": data.description, "num_classes": data.num_classes, **model_kwargs}
+    return sweep(name, make_trials(trials, data.num_classes, **model_kwargs), data.splits, config, seeds, task,
+                 params=params, extra=extra)
+
+
+METRICS = ("eval_miou", "eval_miou_context", "eval_context_error")
+
+
+def summarize(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Mean ± std over seeds per trial, in the trial order of the runs."""
+    metrics = [m for m in metrics if m in runs]
+    order = list(dict.fromkeys(runs["trial"]))
+    g = runs.groupby("trial", sort=False)
+    table = pd.DataFrame({"trial": order})
+    for col in ("fusion", "l2norm", "learn_scale"):
+        if col in runs:
+            table[col] = [runs.loc[runs["trial"] == t, col].iloc[0] for t in order]
+    table["seeds"] = [int(g.get_group(t)["seed"].nunique()) for t in order]
+    for m in metrics:
+        table[f"{m}_mean"] = [g.get_group(t)[m].mean() for t in order]
+        table[f"{m}_std"] = [g.get_group(t)[m].std(ddof=1) for t in order]
+    if "train_seconds" in runs:
+        table["train_seconds_mean"] = [g.get_group(t)["train_seconds"].mean() for t in order]
+    return table
+
+
+def _values(runs: pd.DataFrame, trial: str, metric: str) -> list[float]:
+    col = runs.loc[runs["trial"] == trial, metric] if metric in runs else pd.Series(dtype=float)
+    return [float(v) for v in col if v is not None and math.isfinite(float(v))]
+
+
+def parsenet_claims(runs: pd.DataFrame, equal_tolerance: float = 0.02, k: float = 2.0) -> list[Verdict]:
+    """The paper's statements as verdicts from the measured runs (claims whose trials were not run are skipped).
+
+    1. global context helps: ``early_l2`` > ``fcn`` on mIoU; and on the synthetic
+       data, the mechanism: lower context error, higher context-class mIoU;
+    2. fusion needs normalisation: ``early_l2`` > ``early``, ``late_l2`` > ``late`` (mIoU);
+    3. with normalisation early ≈ late: ``|early_l2 − late_l2| ≤ equal_tolerance`` mIoU;
+    4. learning γ (the paper's choice) beats a fixed γ: ``early_l2`` > ``early_l2_fixed``.
+    """
+    specs = [
+        ("global context helps (ParseNet > FCN baseline)", "early_l2", "fcn", "eval_miou", "greater"),
+        ("global context resolves context classes (lower context error)", "early_l2", "fcn",
+         "eval_context_error", "less"),
+        ("global context helps the context classes (their mIoU)", "early_l2", "fcn", "eval_miou_context", "greater"),
+        ("early fusion needs normalisation", "early_l2", "early", "eval_miou", "greater"),
+        ("late fusion needs normalisation", "late_l2", "late", "eval_miou", "greater"),
+        ("with normalisation, early ≈ late fusion", "early_l2", "late_l2", "eval_miou", "equal"),
+        ("a learned scale γ beats a fixed one", "early_l2", "early_l2_fixed", "eval_miou", "greater"),
+    ]
+    verdicts = []
+    for claim, a, b, metric, expect in specs:
+        if a not in set(runs["trial"]) or b not in set(runs["trial"]) or metric not in runs:
+            continue  # trial not run, or metric not defined on this data (context scores on real data)
+        xa, xb = _values(runs, a, metric), _values(runs, b, metric)
+        if not xa or not xb:  # e.g. context error undefined: the model never found the context shapes
+            nan = float("nan")
+            verdicts.append(Verdict(claim, metric, a, b, nan, nan, nan, nan, len(xa), len(xb), expect, INCONCLUSIVE))
+            continue
+        verdicts.append(compare(claim, xa, xb, metric=metric, names=(a, b), expect=expect, k=k,
+                                tolerance=equal_tolerance if expect == "equal" else None))
+    return verdicts
+
+
+# --------------------------------------------------------------- receptive field (fig 1)
+def receptive_fields(
+    model: ParseNetSegmenter,
+    images: torch.Tensor,
+    patch: int = 8,
+    stride: int = 4,
+    threshold: float = 0.05,
+    large_size: int = 512,
+) -> dict[str, Any]:
+    """Theoretical and empirical field of the centre unit of the backbone's last level.
+
+    ``theoretical`` at the images' size (clipped by the border when the field is
+    larger than the image) and ``theoretical_full`` on a ``large_size`` canvas
+    (the whole field).  ``empirical``: the noise-patch maps of each image,
+    averaged (``heat``) and measured (``area``, ``fraction`` of the image,
+    ``box``) at ``threshold`` of the peak.
+    """
+    size = tuple(images.shape[-2:])
+    theo = theoretical_receptive_field(model.backbone, "", input_size=size)
+    full = theoretical_receptive_field(model.backbone, "", input_size=large_size)
+    heats = [empirical_receptive_field(model, "backbone", img, patch=patch, stride=stride, threshold=threshold,
+                                       seed=i).map for i, img in enumerate(images)]
+    heat = torch.stack([h / h.max().clamp(min=1e-12) for h in heats]).mean(0)
+    area, box = extent(heat, threshold)
+    return {"theoretical": theo, "theoretical_full": full, "heat": heat, "area": area, "box": box,
+            "fraction": area / (size[0] * size[1]), "threshold": threshold, "image_size": size,
+            "n_images": len(images)}
+
+
+def receptive_field_table(rf: Mapping[str, Any]) -> pd.DataFrame:
+    """The extents as numbers: one row per field."""
+    h, w = rf["image_size"]
+    theo, full = rf["theoretical"], rf["theoretical_full"]
+    box = rf["box"]
+    emp_h = emp_w = 0
+    if box is not None:
+        emp_h, emp_w = box[2] - box[0] + 1, box[3] - box[1] + 1
+    return pd.DataFrame([
+        {"field": "theoretical (whole, large canvas)", "height": full.height, "width": full.width,
+         "area_px": full.height * full.width, "fraction_of_image": full.height * full.width / (h * w),
+         "clipped": full.clipped},
+        {"field": f"theoretical (on the {h}x{w} image)", "height": theo.height, "width": theo.width,
+         "area_px": theo.height * theo.width, "fraction_of_image": theo.height * theo.width / (h * w),
+         "clipped": theo.clipped},
+        {"field": f"empirical (>= {rf['threshold']:.0%} of peak, {rf['n_images']} images)", "height": emp_h,
+         "width": emp_w, "area_px": rf["area"], "fraction_of_image": rf["fraction"], "clipped": False},
+    ])
+
+
+def plot_receptive_field(image: torch.Tensor, rf: Mapping[str, Any], mean=(0.5,) * 3, std=(0.25,) * 3):
+    """Figure 1: the image with the theoretical field's box; the empirical map over it."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    rgb = (image.cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1)
+    rgb = rgb.permute(1, 2, 0).numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
+    theo, full = rf["theoretical"], rf["theoretical_full"]
+    axes[0].imshow(rgb)
+    axes[0].add_patch(Rectangle((theo.left - 0.5, theo.top - 0.5), theo.width, theo.height, fill=False,
+                                ec="tab:red", lw=2.5))
+    axes[0].set_title(f"theoretical field: {full.height}×{full.width} px\n"
+                      f"({'clipped to' if theo.clipped else 'inside'} the {rgb.shape[0]}×{rgb.shape[1]} image)")
+    axes[1].imshow(rgb, alpha=0.45)
+    im = axes[1].imshow(rf["heat"].numpy(), cmap="magma", alpha=0.7)
+    if rf["box"] is not None:
+        t, l, b, r = rf["box"]
+        axes[1].add_patch(Rectangle((l - 0.5, t - 0.5), r - l + 1, b - t + 1, fill=False, ec="tab:cyan", lw=2,
+                                    ls="--"))
+    axes[1].set_title(f"empirical field: {rf['area']} px ≥ {rf['threshold']:.0%} of peak\n"
+                      f"= {rf['fraction']:.0%} of the image (≈ {math.sqrt(rf['area']):.0f} px side)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[1], fraction=0.046, label="activation change (normalised)")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------- feature norms (fig 2)
+@torch.no_grad()
+def feature_norms(model: ParseNetSegmenter, images: torch.Tensor, max_positions: int = 4000,
+                  seed: int = 0) -> pd.DataFrame:
+    """L2 norm over channels at each position of every backbone level and of the pooled global vector.
+
+    Long form: ``layer`` (``level<i> (stride s, C ch)``, ``global (GAP of last)``), ``norm``;
+    at most ``max_positions`` sampled positions per layer.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _feature_norms(model, images, max_positions, seed)
+    finally:
+        model.train(was_training)
+
+
+def _feature_norms(model: ParseNetSegmenter, images: torch.Tensor, max_positions: int, seed: int) -> pd.DataFrame:
+    feats = model.backbone(images)
+    if isinstance(feats, dict):
+        feats = list(feats.values())
+    elif isinstance(feats, torch.Tensor):
+        feats = [feats]
+    size = images.shape[-1]
+    named = [(f"level{i} (stride {size // f.shape[-1]}, {f.shape[1]} ch)", f) for i, f in enumerate(feats)]
+    if not isinstance(model.neck, nn.Identity):
+        f = model.neck(feats[model.feature_index])
+        named.append((f"neck (stride {size // f.shape[-1]}, {f.shape[1]} ch)", f))
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for label, f in named:
+        n = f.norm(dim=1).flatten()
+        if n.numel() > max_positions:
+            n = n[torch.randperm(n.numel(), generator=gen)[:max_positions]]
+        rows += [{"layer": label, "norm": float(v)} for v in n]
+    last = named[-1][1]
+    g = last.mean(dim=(2, 3)).norm(dim=1)
+    rows += [{"layer": "global (GAP of the fused layer)", "norm": float(v)} for v in g]
+    return pd.DataFrame(rows)
+
+
+def plot_feature_norms(norms: pd.DataFrame, hue: str | None = None):
+    """Figure 2: distribution of per-position feature norms per layer (log scale)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    sns.boxplot(data=norms, x="layer", y="norm", hue=hue, ax=ax, showfliers=False)
+    ax.set_yscale("log")
+    ax.set_xlabel("")
+    ax.set_ylabel("‖x‖₂ over channels, per position")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------- ablation figure
+def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = METRICS):
+    """One panel per metric: each seed a dot, the mean a bar, per trial."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    metrics = [m for m in metrics if m in runs and runs[m].notna().any()]
+    labels = {"eval_miou": "mIoU (all classes)", "eval_miou_context": "mIoU, context classes",
+              "eval_context_error": "context error (↓; chance 0.5)"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
+    order = list(dict.fromkeys(runs["trial"]))
+    for ax, m in zip(axes[0], metrics):
+        sns.barplot(data=runs, x="trial", y=m, order=order, ax=ax, errorbar=None, alpha=0.5)
+        sns.stripplot(data=runs, x="trial", y=m, order=order, ax=ax, hue="seed", palette="dark", size=6,
+                      legend=m == metrics[-1])
+        ax.set_title(labels.get(m, m))
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", labelrotation=35)
+    fig.tight_layout()
+    return fig
+
+
+def verdict_markdown(verdicts: Sequence[Verdict]) -> str:
+    """The claims as a Markdown table (for ``IPython.display.Markdown``)."""
+    lines = ["| claim | metric | A | B | mean A | mean B | Δ (A−B) | SE | seeds | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        se = "n/a" if math.isnan(v.se) else f"{v.se:.3f}"
+        num = lambda x, fmt=".3f": "n/a" if math.isnan(x) else format(x, fmt)  # noqa: E731
+        lines.append(f"| {v.claim} | {v.metric} | {v.a} | {v.b} | {num(v.mean_a)} | {num(v.mean_b)} | "
+                     f"{num(v.delta, '+.3f')} | {se} | {v.n_a}/{v.n_b} | **{v.verdict}** |")
+    return "\n".join(lines)
+
+
+def sample_images(dataset, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` images of ``dataset`` picked with ``seed`` (for the field and norm figures)."""
+    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return torch.stack([dataset[int(i)][0] for i in sorted(idx)])

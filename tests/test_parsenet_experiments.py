@@ -1,0 +1,133 @@
+"""ParseNet notebook's experiment code: models per trial, context error, claims, fields, and a paper-profile run."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from dla_repro import cli
+from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from dla_repro.data.synthetic import SyntheticConfig
+from dla_repro.experiments import parsenet as pn
+from dla_repro.paths import results_dir
+from fixtures_formats import write_siftflow
+
+
+@pytest.mark.parametrize("trial", list(pn.TRIALS))
+def test_every_trial_builds_a_segmenter(trial):
+    torch.manual_seed(0)
+    model = pn.build_model(5, **pn.TRIALS[trial], level=2)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 5, 32, 32)
+    settings = pn.TRIALS[trial]
+    assert model.head.fusion == settings["fusion"]
+    norm = model.head.local_norm
+    if settings["l2norm"]:
+        assert norm.scale.requires_grad == settings["learn_scale"]
+        assert float(norm.scale.detach()[0]) == 10.0
+    else:
+        assert isinstance(norm, torch.nn.Identity)
+
+
+def test_make_trials_rejects_unknown_names():
+    with pytest.raises(ValueError, match="early_l2"):
+        pn.make_trials(["fcn", "mid_fusion"], 5)
+
+
+def test_context_error_counts_wrong_scene_among_right_shape():
+    cfg = SyntheticConfig()
+    names = cfg.mask_names
+    c = len(names)
+    d0, d1 = names.index("disk@scene0"), names.index("disk@scene1")
+    x0, x1 = names.index("cross@scene0"), names.index("cross@scene1")
+    bg = names.index("background")
+    cm = torch.zeros(c, c, dtype=torch.long)
+    cm[bg, bg] = 100
+    cm[d0, d0], cm[d0, d1], cm[d0, bg] = 6, 2, 12  # disk@0: 8 right shape, 2 of them wrong scene
+    cm[x1, x1], cm[x1, x0] = 9, 1  # cross@1: 10 right shape, 1 wrong scene
+    s = pn.segmentation_scores(cm, cfg)
+    assert s["context_error"] == pytest.approx(3 / 18)
+    assert s["context_shape_recall"] == pytest.approx(18 / 30)
+    iou_d0 = 6 / (6 + 14 + 0)  # tp / (row + column − tp)
+    iou_d1 = 0.0
+    iou_x0 = 0.0
+    iou_x1 = 9 / (10 + 9 - 9)
+    assert s["miou_context"] == pytest.approx((iou_d0 + iou_d1 + iou_x0 + iou_x1) / 4)
+    # a model that never finds the context shapes: no context error to speak of
+    empty = torch.zeros(c, c, dtype=torch.long)
+    empty[bg, bg], empty[d0, bg] = 50, 50
+    assert math.isnan(pn.segmentation_scores(empty, cfg)["context_error"])
+    assert "context_error" not in pn.segmentation_scores(cm)  # real data: no context classes
+
+
+def _runs(values: dict[str, list[float]], ctx: dict[str, list[float]] | None = None) -> pd.DataFrame:
+    rows = []
+    for trial, vals in values.items():
+        for seed, v in enumerate(vals):
+            ce = (ctx or {}).get(trial, [float("nan")] * len(vals))[seed]
+            rows.append({"trial": trial, "seed": seed, "eval_miou": v, "eval_miou_context": v / 2,
+                         "eval_context_error": ce, **pn.TRIALS[trial]})
+    return pd.DataFrame(rows)
+
+
+def test_claims_follow_the_measured_spreads():
+    runs = _runs(
+        {"fcn": [0.30, 0.31, 0.29], "early": [0.20, 0.21, 0.19], "early_l2": [0.40, 0.41, 0.39],
+         "late_l2": [0.405, 0.395, 0.40]},
+        ctx={"fcn": [0.4, 0.45, 0.5], "early": [0.3] * 3, "early_l2": [float("nan")] * 3, "late_l2": [0.1] * 3},
+    )
+    verdicts = {v.claim: v for v in pn.parsenet_claims(runs, equal_tolerance=0.02)}
+    assert verdicts["global context helps (ParseNet > FCN baseline)"].verdict == REPRODUCED
+    assert verdicts["early fusion needs normalisation"].verdict == REPRODUCED
+    assert verdicts["with normalisation, early ≈ late fusion"].verdict == REPRODUCED
+    # context error undefined for early_l2 (nothing found): inconclusive, not dropped
+    ctx = verdicts["global context resolves context classes (lower context error)"]
+    assert ctx.verdict == INCONCLUSIVE and ctx.n_a == 0
+    # trials that were not run: claim left out
+    assert "late fusion needs normalisation" not in verdicts
+    assert "a learned scale γ beats a fixed one" not in verdicts
+    flipped = pn.parsenet_claims(_runs({"fcn": [0.5, 0.51, 0.49], "early_l2": [0.3, 0.31, 0.29]}))
+    assert flipped[0].verdict == NOT_REPRODUCED
+    table = pn.verdict_markdown(list(verdicts.values()))
+    assert table.count("\n") == len(verdicts) + 1 and "n/a" in table
+    summary = pn.summarize(runs)
+    assert list(summary["trial"]) == ["fcn", "early", "early_l2", "late_l2"]
+    assert summary.loc[0, "eval_miou_mean"] == pytest.approx(0.30)
+
+
+def test_receptive_fields_and_feature_norms_on_a_tiny_net():
+    torch.manual_seed(0)
+    model = pn.build_model(4, fusion="none", l2norm=False, level=2).eval()
+    images = torch.randn(2, 3, 32, 32)
+    rf = pn.receptive_fields(model, images, patch=8, stride=8, large_size=128)
+    assert rf["theoretical_full"].height >= rf["theoretical"].height
+    assert 0 < rf["fraction"] <= 1 and rf["heat"].shape == (32, 32)
+    table = pn.receptive_field_table(rf)
+    assert len(table) == 3 and (table["fraction_of_image"] > 0).all()
+    norms = pn.feature_norms(model, images)
+    layers = list(dict.fromkeys(norms["layer"]))
+    assert layers[0].startswith("level0") and layers[-1].startswith("global") and len(layers) == 4
+    assert (norms["norm"] >= 0).all()
+    assert not model.training
+
+
+@pytest.mark.slow
+def test_paper_profile_runs_on_a_siftflow_fixture(tmp_path, capsys):
+    write_siftflow(tmp_path / "data", n=6, test=2, size=(16, 16))
+    code = cli.main([
+        "run", "parsenet", "--profile", "paper", "--data-root", str(tmp_path / "data"),
+        "-p", "epochs=1", "-p", "backbone=dla34_tiny", "-p", "level=2", "-p", "image_size=16",
+        "-p", "seeds=[0, 1]", "-p", "trials=[fcn, early_l2]", "-p", "batch_size=2", "-p", "rf_images=1",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = pd.read_csv(results_dir() / "tables" / "paper" / "parsenet_ablation.csv")
+    assert list(summary["trial"]) == ["fcn", "early_l2"] and (summary["seeds"] == 2).all()
+    assert "eval_miou_context_mean" not in summary  # no context classes on real data
+    claims = pd.read_csv(results_dir() / "tables" / "paper" / "parsenet_claims.csv")
+    assert list(claims["claim"]) == ["global context helps (ParseNet > FCN baseline)"]
+    assert (results_dir() / "figures" / "paper" / "parsenet_receptive_field.png").exists()
+    assert (results_dir() / "notebooks" / "paper" / "05_global_context.ipynb").exists()
