@@ -350,7 +350,9 @@ def receptive_fields(
     threshold: float = 0.05,
     large_size: int = 512,
 ) -> dict[str, Any]:
-    """Theoretical and empirical field of the centre unit of the backbone's last level.
+    """Theoretical and empirical field of the centre unit of the features the head fuses.
+
+    That is the backbone's chosen level, or the neck's output (VGG-16's fc7) when there is one.
 
     ``theoretical`` at the images' size (clipped by the border when the field is
     larger than the image) and ``theoretical_full`` on a ``large_size`` canvas
@@ -359,9 +361,10 @@ def receptive_fields(
     ``box``) at ``threshold`` of the peak.
     """
     size = tuple(images.shape[-2:])
-    theo = theoretical_receptive_field(model.backbone, "", input_size=size)
-    full = theoretical_receptive_field(model.backbone, "", input_size=large_size)
-    heats = [empirical_receptive_field(model, "backbone", img, patch=patch, stride=stride, threshold=threshold,
+    layer = "backbone" if isinstance(model.neck, nn.Identity) else "neck"  # the features the head sees
+    theo = theoretical_receptive_field(model, layer, input_size=size)
+    full = theoretical_receptive_field(model, layer, input_size=large_size)
+    heats = [empirical_receptive_field(model, layer, img, patch=patch, stride=stride, threshold=threshold,
                                        seed=i).map for i, img in enumerate(images)]
     heat = torch.stack([h / h.max().clamp(min=1e-12) for h in heats]).mean(0)
     area, box = extent(heat, threshold)
