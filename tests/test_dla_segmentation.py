@@ -1,0 +1,114 @@
+"""The DLA-Up segmentation experiment: trials, tables, claims, and the notebook in the paper profile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fixtures_formats import write_camvid
+
+from dla_repro import cli
+from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from dla_repro.experiments import dla_segmentation as seg
+from dla_repro.paths import results_dir
+
+NAMES = ["background", "region", "line", "dot"]
+
+
+@pytest.mark.parametrize("trial", list(seg.TRIALS))
+def test_every_trial_builds_a_segmenter(trial):
+    model = seg.build_model(trial, 4).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+    assert model.decoder_name == seg.TRIALS[trial]["decoder"]
+
+
+def test_bad_trials_and_backbones_are_rejected():
+    with pytest.raises(ValueError, match="unknown trials"):
+        seg.make_trials(["fcn", "unet"], 4)
+    with pytest.raises(ValueError, match="tiny=True"):
+        seg.build_model("fcn", 4, backbone="dla34", tiny=True)
+    with pytest.raises(ValueError, match="data_root"):
+        seg.load_data("camvid", "")
+
+
+def _runs(values: dict[str, list[float]], line: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for trial, vals in values.items():
+        for seed, v in enumerate(vals):
+            rows.append({"trial": trial, "seed": seed, "val_miou": v, "n_params": 1, "train_seconds": 1.0,
+                         "iou_background": 0.9, "iou_region": 0.8, "iou_line": line[trial][seed],
+                         "iou_dot": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_claims_tables_and_markdown_follow_the_measured_values():
+    runs = _runs({"fcn": [0.10, 0.11, 0.12], "ida_up": [0.30, 0.31, 0.29], "ida_up_k1": [0.40, 0.42, 0.41]},
+                 {"fcn": [0.0, 0.0, 0.0], "ida_up": [0.2, 0.25, 0.3], "ida_up_k1": [0.1, 0.3, 0.0]})
+    base = pd.DataFrame({"seed": [0, 1, 0, 1], "class": ["line", "line", "dot", "dot"], "iou": [0.1, 0.5, 0.2, 0.2],
+                         "n_train": 4000, "epochs": 8})
+    verdicts = seg.segmentation_claims(runs, NAMES, ["line", "dot"], base)
+    assert [v.verdict for v in verdicts] == [REPRODUCED, REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE]
+    assert verdicts[1].mean_a == pytest.approx(0.25)  # NaN dot IoU skipped: mean over line only
+    assert "plain (4000 images × 8 epochs)" in verdicts[3].b
+    text = seg.verdict_markdown(verdicts)
+    assert "**not reproduced**" in text and "n/a" in text
+    # only claims whose trials ran
+    assert [v.claim for v in seg.segmentation_claims(runs[runs.trial != "ida_up_k1"], NAMES)] == [
+        "DLA-Up segments better than the FCN-style decoder"
+    ]
+    summary = seg.summarize(runs, NAMES, ["line", "dot"])
+    assert list(summary["trial"]) == ["fcn", "ida_up", "ida_up_k1"]
+    assert summary.loc[1, "miou_mean"] == pytest.approx(0.30) and summary.loc[1, "seeds"] == 3
+    long = seg.per_class_table(runs, NAMES)
+    assert len(long) == 9 * 4 and set(long["class"]) == set(NAMES)
+
+
+def test_plain_baseline_reads_the_calibration_rows():
+    cal = pd.DataFrame([
+        {"task": "segmentation", "image_size": 64, "seed": 0, "metric": "miou", "value": 0.3, "n_train": 4000, "epochs": 8},
+        {"task": "segmentation", "image_size": 64, "seed": 0, "metric": "iou_line", "value": 0.01, "n_train": 4000, "epochs": 8},
+        {"task": "segmentation", "image_size": 32, "seed": 0, "metric": "iou_line", "value": 0.5, "n_train": 4000, "epochs": 8},
+        {"task": "classification", "image_size": 64, "seed": 0, "metric": "top1", "value": 0.5, "n_train": 4000, "epochs": 8},
+    ])
+    base = seg.plain_baseline(cal, 64)
+    assert list(base["class"]) == ["mIoU", "line"] and list(base["iou"]) == [0.3, 0.01]
+    assert seg.plain_baseline(pd.DataFrame(), 64).empty
+
+
+def test_per_class_iou_of_a_perfect_and_a_constant_model():
+    class Oracle(torch.nn.Module):  # logits that pick the label stored in channel 0 of the input
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0].long(), 3).permute(0, 3, 1, 2).float()
+
+    y = torch.tensor([[[0, 1], [2, 255]]])
+    x = torch.stack([y.clamp(max=2).float()] * 3, 1)
+    data = list(zip(x, y))
+    iou = seg.per_class_iou(Oracle(), data, 3)
+    assert iou.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_paper_profile_runs_on_a_camvid_fixture(tmp_path, capsys):
+    write_camvid(tmp_path / "CamVid", {"train": 2, "val": 1}, size=(40, 48))
+    code = cli.main([
+        "run", "dla_segmentation", "--profile", "paper", "--data-root", str(tmp_path),
+        "-p", "epochs=1", "-p", "n_show=1",
+    ])
+    assert code == 0, capsys.readouterr().out
+    runs = pd.read_csv(results_dir() / "tables" / "paper" / "dla_segmentation_runs.csv")
+    assert set(runs["trial"]) == {"fcn", "ida_up", "ida_up_k1"}
+    assert {"iou_sky", "iou_pole", "iou_bicyclist"} <= set(runs.columns)
+    assert (runs["backbone"] == "dla34").all() and not runs["tiny"].any()
+    claims = pd.read_csv(results_dir() / "tables" / "paper" / "dla_segmentation_claims.csv")
+    assert set(claims["verdict"]) <= {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}
+    for name in ("per_class", "examples", "curves"):
+        assert (results_dir() / "figures" / "paper" / f"dla_segmentation_{name}.png").exists()
+    assert (results_dir() / "notebooks" / "paper" / "03_segmentation.ipynb").exists()
