@@ -1,0 +1,174 @@
+"""DLA classification experiments (notebook dla/02_classification): trials, reuse, claims, figures, paper profile."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+matplotlib.use("Agg")
+
+import mlflow  # noqa: E402
+
+from dla_repro import cli  # noqa: E402
+from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  # noqa: E402
+from dla_repro.engine import TrainConfig  # noqa: E402
+from dla_repro.experiments import dla_classification as exp  # noqa: E402
+from dla_repro.paths import results_dir  # noqa: E402
+
+TINY = exp.ModelSpec("dla34", num_classes=32, channels=(8, 8, 16, 24, 48, 96), deep_levels=(1, 1, 1, 1, 4, 1))
+
+
+def test_aggregation_trials_match_parameters_and_keep_full_as_is():
+    planned = exp.ablation_trials("aggregation", TINY)
+    assert [p.trial.name for p in planned] == ["agg=none", "agg=ida", "agg=hda", "agg=full"]
+    counts = {p.trial.name: sum(q.numel() for q in p.trial.build().parameters()) for p in planned}
+    full = counts["agg=full"]
+    assert all(abs(n / full - 1) <= 0.05 for n in counts.values()), counts
+    assert planned[-1].trial.params["width_mult"] == 1.0
+    assert {p.trial.params["aggregation"] for p in planned} == {"none", "ida", "hda", "full"}
+
+
+def test_residual_trials_compare_a_shallow_and_a_deep_tree_and_share_the_baseline():
+    res = {p.trial.name: p for p in exp.ablation_trials("residual", TINY)}
+    assert set(res) == {"shallow/residual=off", "shallow/residual=on", "deep/residual=off", "deep/residual=on"}
+    assert res["shallow/residual=off"].trial.params["depth"] < 4 <= res["deep/residual=on"].trial.params["depth"]
+    deep = res["deep/residual=on"].trial.build()
+    assert deep.dla_config["levels"] == (1, 1, 1, 1, 4, 1) and deep.dla_config["residual_root"]
+    full = exp.ablation_trials("aggregation", TINY)[-1]
+    k1 = exp.ablation_trials("kernel", TINY)[0]
+    # the same model under three names: trained once
+    assert full.key == res["shallow/residual=off"].key == k1.key
+    assert len({p.key for p in res.values()}) == 4
+    with pytest.raises(ValueError, match="unknown ablation"):
+        exp.ablation_trials("depth", TINY)
+
+
+def test_model_spec_and_data_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown DLA variant"):
+        exp.ModelSpec("dla35")
+    with pytest.raises(ValueError, match="6 widths"):
+        exp.ModelSpec(channels=(8, 16))
+    with pytest.raises(ValueError, match="expected 'synthetic'"):
+        exp.load_data("mnist")
+    with pytest.raises(ValueError, match="needs data_root"):
+        exp.load_data("imagefolder", "")
+    with pytest.raises(FileNotFoundError, match="train"):
+        exp.load_data("imagefolder", str(tmp_path))
+
+
+def test_run_ablation_trains_each_model_once_and_nests_runs():
+    data, num_classes, source = exp.load_data("synthetic", image_size=32, n_train=16, n_val=8)
+    assert num_classes == 32 and "32px" in source
+    config = TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, schedule="constant", progress=False)
+    mlflow.set_experiment("t")
+    with mlflow.start_run() as parent:
+        results = exp.run_ablation("aggregation", TINY, data, config, [0, 1], modes=["none", "full"])
+        results = exp.run_ablation("kernel", TINY, data, config, [0, 1], results)
+    runs = results.runs
+    assert len(runs) == 8 and set(runs["ablation"]) == {"aggregation", "kernel"}
+    reused = runs[runs["reused_from"].notna()]
+    assert list(reused["trial"]) == ["kernel=1x1", "kernel=1x1"] and set(reused["reused_from"]) == {"agg=full"}
+    full = runs[runs["trial"] == "agg=full"].set_index("seed")["val_top1"]
+    assert (reused.set_index("seed")["val_top1"] == full).all()
+    assert len(results.history) == 8 and set(results.history["config"]) == {"none", "full", "1×1 node", "3×3 node"}
+    # 6 trained runs (not 8), each nested under a sweep run nested under the notebook run
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and set(children["tags.mlflow.runName"]) == {"dla_aggregation", "dla_kernel"}
+    trained = mlflow.search_runs(filter_string="tags.kind != 'sweep'")
+    trained = trained[trained["run_id"] != parent.info.run_id]
+    assert len(trained) == 6
+    table = exp.summary(results)
+    assert list(table["trial"]) == ["agg=none", "agg=full", "kernel=1x1", "kernel=3x3"]
+
+
+def _fake(values: dict[tuple[str, str], list[float]]) -> exp.Results:
+    rows, hist = [], []
+    for (ablation, trial), vals in values.items():
+        for seed, v in enumerate(vals):
+            extra = {}
+            if ablation == "residual":
+                extra = {"tree": trial.split("/")[0], "depth": 4 if trial.startswith("deep") else 2}
+            rows.append({"ablation": ablation, "trial": trial, "config": trial, "seed": seed, "n_params": 1000,
+                         "val_top1": v, "train_seconds": 1.0, **extra})
+            for epoch in range(2):
+                hist.append({"ablation": ablation, "trial": trial, "config": trial, "seed": seed, "epoch": epoch,
+                             "val_top1": v * (epoch + 1) / 2, "train_loss": 3.0 - epoch})
+    return exp.Results(pd.DataFrame(rows), pd.DataFrame(hist))
+
+
+def test_claims_follow_the_numbers():
+    results = _fake({
+        ("aggregation", "agg=none"): [0.20, 0.21, 0.22],
+        ("aggregation", "agg=ida"): [0.40, 0.41, 0.42],  # beats full: not reproduced
+        ("aggregation", "agg=hda"): [0.30, 0.33, 0.27],  # overlaps: inconclusive
+        ("aggregation", "agg=full"): [0.30, 0.31, 0.32],
+        ("residual", "shallow/residual=off"): [0.30, 0.31, 0.32],
+        ("residual", "shallow/residual=on"): [0.25, 0.26, 0.27],
+        ("residual", "deep/residual=off"): [0.30, 0.31, 0.32],
+        ("residual", "deep/residual=on"): [0.40, 0.41, 0.42],
+        ("kernel", "kernel=1x1"): [0.30, 0.31, 0.32],
+        ("kernel", "kernel=3x3"): [0.301, 0.311, 0.321],
+    })
+    claims = exp.judge_claims(results)
+    got = dict(zip(claims["claim"], claims["verdict"]))
+    assert got["full DLA (IDA+HDA) beats none at matched params"] == REPRODUCED
+    assert got["full DLA (IDA+HDA) beats ida at matched params"] == NOT_REPRODUCED
+    assert got["full DLA (IDA+HDA) beats hda at matched params"] == INCONCLUSIVE
+    assert got["residual node helps the deep tree (depth 4)"] == REPRODUCED
+    assert got["residual node does not help the shallow tree (depth 2)"] == REPRODUCED
+    assert got["residual gain is larger for the deep tree than for the shallow one"] == REPRODUCED
+    assert claims.iloc[-1]["verdict"] == REPRODUCED and claims.iloc[-1]["ablation"] == "kernel"
+    text = exp.claims_markdown(claims, "ctx")
+    assert "ctx" in text and text.count("\n| ") == len(claims) + 1 and "not reproduced" in text
+    # one seed: no spread, so nothing is called
+    one = _fake({("aggregation", "agg=none"): [0.1], ("aggregation", "agg=full"): [0.9]})
+    assert list(exp.judge_claims(one)["verdict"]) == [INCONCLUSIVE]
+    assert exp.claims_markdown(exp.judge_claims(exp.Results())).startswith("No ablation ran")
+
+
+def test_figures_and_paper_table():
+    results = _fake({("aggregation", "agg=none"): [0.2, 0.25], ("aggregation", "agg=full"): [0.3, 0.32],
+                     ("kernel", "kernel=1x1"): [0.3, 0.32], ("kernel", "kernel=3x3"): [0.31, 0.3]})
+    fig = exp.plot_accuracy_vs_params(results)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title().startswith("A:")
+    fig = exp.plot_training_curves(results)
+    assert len(fig.axes) == 4
+    table = exp.paper_vs_ours(results, TINY, "synthetic")
+    assert len(table) == 4 and (table["paper_params_m"] == 15.74).all() and not table["comparable"].any()
+    assert np.isclose(table.iloc[1]["ours_top1_mean"], 0.31)
+
+
+def _write_imagefolder(root, classes=("cat", "dog"), per_class=3):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_notebook_runs_in_the_paper_profile_on_an_imagefolder(tmp_path, capsys):
+    _write_imagefolder(tmp_path / "imagenet")
+    code = cli.main([
+        "run", "dla_classification", "--profile", "paper", "--data-root", str(tmp_path / "imagenet"),
+        "-p", "epochs=1", "-p", "image_size=32", "-p", "batch_size=4", "-p", "num_workers=0",
+        "-p", "channels=[8, 8, 16, 24, 48, 96]", "-p", "deep_levels=[1, 1, 1, 1, 4, 1]",
+        "-p", "modes=[none, full]", "-p", "seeds=[0]",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    manifest = json.loads((results_dir() / "manifest_paper.json").read_text())
+    assert manifest["notebooks"]["dla_classification"]["status"] == "ok"
+    runs = pd.read_csv(results_dir() / "tables" / "paper" / "dla_classification_runs.csv")
+    assert len(runs) == 2 + 4 + 2 and set(runs["ablation"]) == {"aggregation", "residual", "kernel"}
+    claims = pd.read_csv(results_dir() / "tables" / "paper" / "dla_classification_claims.csv")
+    assert len(claims) == 5
+    assert (results_dir() / "figures" / "paper" / "dla_classification_acc_vs_params.png").is_file()
