@@ -172,3 +172,10 @@ def test_notebook_runs_in_the_paper_profile_on_an_imagefolder(tmp_path, capsys):
     claims = pd.read_csv(results_dir() / "tables" / "paper" / "dla_classification_claims.csv")
     assert len(claims) == 5
     assert (results_dir() / "figures" / "paper" / "dla_classification_acc_vs_params.png").is_file()
+
+
+def test_no_ablation_gives_empty_tables_and_no_claims():
+    results = exp.Results()
+    assert not len(results.of("aggregation")) and "config_key" in results.runs
+    results.runs.drop(columns=["config_key"])  # what the notebook logs
+    assert not len(exp.judge_claims(results))

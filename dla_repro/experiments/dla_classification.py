@@ -220,16 +220,19 @@ def ablation_trials(ablation: str, spec: ModelSpec, modes: Sequence[str] = AGGRE
 
 
 # --------------------------------------------------------------------------- running
+_KEY_COLUMNS = ["ablation", "trial", "config", "seed", "config_key", "reused_from"]
+
+
 @dataclass
 class Results:
     """Every trained configuration so far: one row per (ablation, trial, seed) / per epoch."""
 
-    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
-    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    runs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_KEY_COLUMNS))
+    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*_KEY_COLUMNS, "epoch"]))
     sweeps: dict[str, str | None] = field(default_factory=dict)
 
     def of(self, ablation: str) -> pd.DataFrame:
-        return self.runs[self.runs["ablation"] == ablation] if len(self.runs) else self.runs
+        return self.runs[self.runs["ablation"] == ablation]
 
 
 def run_ablation(
@@ -294,8 +297,9 @@ def run_ablation(
     new_hist["config"] = new_hist["trial"].map({p.trial.name: p.trial.params["config"] for p in planned})
     order = {p.trial.name: i for i, p in enumerate(planned)}
     new_runs = new_runs.sort_values(["trial", "seed"], key=lambda s: s.map(order) if s.name == "trial" else s)
-    results.runs = pd.concat([results.runs, new_runs], ignore_index=True)
-    results.history = pd.concat([results.history, new_hist], ignore_index=True)
+    results.runs = pd.concat([results.runs, new_runs], ignore_index=True) if len(results.runs) else new_runs
+    results.history = (pd.concat([results.history, new_hist], ignore_index=True) if len(results.history)
+                       else new_hist.reset_index(drop=True))
     return results
 
 
