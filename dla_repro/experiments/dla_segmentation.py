@@ -282,8 +282,13 @@ def segmentation_claims(
     fine_classes: Sequence[str] = (),
     baseline: pd.DataFrame | None = None,
     k: float = 2.0,
+    min_effect: float = 0.01,
 ) -> list[Verdict]:
     """The verdicts this experiment can give (only for the trials that ran).
+
+    ``min_effect`` (IoU, default 0.01 = one IoU point) is the smallest difference that
+    counts, whatever the seed spread: two models that both score ≈ 0 on a class
+    (e.g. 0.0000 vs 0.0004) are not told apart.
 
     1. DLA-Up (IDA-up, 3×3 nodes) has a higher mIoU than the FCN-style decoder (§4.2, §5.3);
     2. … and a higher IoU on the fine structures (``fine_classes``);
@@ -299,7 +304,8 @@ def segmentation_claims(
     def add(claim, a, b, col, label, names):
         va, vb = (_values(runs, a, col) if isinstance(a, str) else a), (_values(runs, b, col) if isinstance(b, str) else b)
         if va and vb:
-            out.append(compare(claim, va, vb, metric=label, names=names, expect="greater", k=k))
+            out.append(compare(claim, va, vb, metric=label, names=names, expect="greater", k=k,
+                               min_effect=min_effect))
 
     if {"ida_up", "fcn"} <= trials:
         add("DLA-Up segments better than the FCN-style decoder", "ida_up", "fcn", metric, "mIoU", ("ida_up", "fcn"))
@@ -346,8 +352,8 @@ def plot_per_class(long: pd.DataFrame, baseline: pd.DataFrame | None = None, ax=
         fig = ax.figure
     order = list(dict.fromkeys(long["class"]))
     sns.barplot(data=long, x="class", y="iou", hue="trial", order=order, errorbar=None, ax=ax, alpha=0.85)
-    sns.stripplot(data=long, x="class", y="iou", hue="trial", order=order, dodge=True, color="0.15", size=3,
-                  legend=False, ax=ax)
+    sns.stripplot(data=long, x="class", y="iou", hue="trial", order=order, dodge=True, size=3, legend=False,
+                  palette=dict.fromkeys(long["trial"].unique(), "0.15"), ax=ax)
     if baseline is not None and not baseline.empty:
         base = baseline[baseline["class"].isin(order)].groupby("class")["iou"].mean().reindex(order)
         ax.scatter(range(len(order)), base.values, marker="_", s=400, color="crimson", zorder=5,
@@ -370,8 +376,12 @@ def plot_curves(history: pd.DataFrame, metric: str = "val_miou", ax=None):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
     else:
         fig = ax.figure
-    sns.lineplot(data=history, x="epoch", y=metric, hue="trial", errorbar=("pi", 100), marker="o", ax=ax)
-    ax.set_ylabel(metric.replace("val_", "validation "))
+    from matplotlib.ticker import MaxNLocator
+
+    h = history.assign(epoch=history["epoch"] + 1)  # the engine counts from 0
+    sns.lineplot(data=h, x="epoch", y=metric, hue="trial", errorbar=("pi", 100), marker="o", ax=ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric.replace("val_", "validation ").replace("miou", "mIoU"))
     fig.tight_layout()
     return fig
 
