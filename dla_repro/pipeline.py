@@ -309,6 +309,9 @@ def _execute(job: Job) -> JobResult:
     exp_id = tracking.get_or_create_experiment(job.experiment)
     run = client.create_run(exp_id, run_name=f"{job.name}-{job.profile}", tags={"kind": "notebook", "profile": job.profile, "pipeline": "dla-repro run"})
     run_id = run.info.run_id
+    # The kernel inherits this process's environment: hand it its run, and none
+    # of the experiment/run ids MLflow may have exported for other work here.
+    stale = {var: os.environ.pop(var) for var in tracking.MLFLOW_PROCESS_VARS if var in os.environ}
     os.environ[tracking.PARENT_RUN_ENV] = run_id
     os.environ[tracking.PROFILE_ENV] = job.profile
     Path(job.output).parent.mkdir(parents=True, exist_ok=True)
@@ -331,6 +334,7 @@ def _execute(job: Job) -> JobResult:
         error = f"{type(exc).__name__}: {exc}"
     finally:
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        os.environ.update(stale)
     seconds = time.monotonic() - start
     if Path(job.output).exists():
         tracking.log_notebook(run_id, job.output)

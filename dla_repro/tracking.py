@@ -86,6 +86,8 @@ def configure() -> str:
     uri = tracking_uri()
     if _state["configured_uri"] == uri:
         return uri
+    if _state["configured_uri"] is not None:
+        forget_active_experiment()
     mlflow.set_tracking_uri(uri)
     db = _sqlite_path(uri)
     if db is not None:
@@ -100,6 +102,20 @@ def configure() -> str:
                 conn.execute("PRAGMA journal_mode=WAL")
     _state["configured_uri"] = uri
     return uri
+
+
+# What ``mlflow.set_experiment`` leaves behind in this process and exports to
+# child processes; ids are per store, so they are stale once the store changes.
+MLFLOW_PROCESS_VARS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+def forget_active_experiment() -> None:
+    """Drop MLflow's process-global active experiment (and its exported env vars)."""
+    from mlflow.tracking import fluent
+
+    fluent._active_experiment_id = None
+    for var in MLFLOW_PROCESS_VARS:
+        os.environ.pop(var, None)
 
 
 def get_or_create_experiment(name: str) -> str:

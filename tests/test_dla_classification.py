@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 
 import mlflow  # noqa: E402
 
-from dla_repro import cli  # noqa: E402
+from dla_repro import cli, tracking  # noqa: E402
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  # noqa: E402
 from dla_repro.engine import TrainConfig  # noqa: E402
 from dla_repro.experiments import dla_classification as exp  # noqa: E402
@@ -65,8 +65,7 @@ def test_run_ablation_trains_each_model_once_and_nests_runs():
     data, num_classes, source = exp.load_data("synthetic", image_size=32, n_train=16, n_val=8)
     assert num_classes == 32 and "32px" in source
     config = TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, schedule="constant", progress=False)
-    mlflow.set_experiment("t")
-    with mlflow.start_run() as parent:
+    with mlflow.start_run(experiment_id=tracking.get_or_create_experiment("t")) as parent:
         results = exp.run_ablation("aggregation", TINY, data, config, [0, 1], modes=["none", "full"])
         results = exp.run_ablation("kernel", TINY, data, config, [0, 1], results)
     runs = results.runs

@@ -91,6 +91,22 @@ def test_parent_run_env_is_reused(monkeypatch):
     tracking.end_notebook_run()
 
 
+def test_switching_stores_forgets_the_previous_stores_experiment(monkeypatch, tmp_path):
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; an id from another store
+    # must not leak into runs on the next one (or into a notebook kernel's env).
+    tracking.configure()
+    mlflow.set_experiment("elsewhere")
+    mlflow.set_experiment("elsewhere-too")  # id 2 on the first store, absent from the next
+    assert os.environ.get("MLFLOW_EXPERIMENT_ID")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    assert tracking.configure().endswith("other.db")
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
+    with tracking.child_run("fresh", {"a": 1}, experiment="unit_switch") as run:
+        mlflow.log_metric("m", 1.0)
+    got = MlflowClient(tracking.configure()).get_run(run.info.run_id)
+    assert got.data.metrics == {"m": 1.0}
+
+
 WORKER = textwrap.dedent(
     """
     import sys, mlflow
