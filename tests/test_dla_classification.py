@@ -130,6 +130,43 @@ def test_claims_follow_the_numbers():
     assert exp.claims_markdown(exp.judge_claims(exp.Results())).startswith("No ablation ran")
 
 
+def test_models_that_did_not_learn_make_claims_inconclusive():
+    floor = exp.learned_floor(32)  # twice chance: 0.0625
+    results = _fake({
+        ("aggregation", "agg=hda"): [0.035, 0.040, 0.038],  # at chance
+        ("aggregation", "agg=full"): [0.30, 0.31, 0.32],
+        ("aggregation", "agg=none"): [0.20, 0.21, 0.22],
+        ("residual", "shallow/residual=off"): [0.30, 0.31, 0.32],
+        ("residual", "shallow/residual=on"): [0.25, 0.26, 0.27],
+        ("residual", "deep/residual=off"): [0.03, 0.031, 0.032],
+        ("residual", "deep/residual=on"): [0.40, 0.41, 0.42],
+    })
+    without = dict(zip(*exp.judge_claims(results)[["claim", "verdict"]].T.values))
+    claims = exp.judge_claims(results, floor=floor)
+    got = dict(zip(claims["claim"], claims["verdict"]))
+    assert without["full DLA (IDA+HDA) beats hda at matched params"] == REPRODUCED
+    assert got["full DLA (IDA+HDA) beats hda at matched params"] == INCONCLUSIVE
+    assert got["full DLA (IDA+HDA) beats none at matched params"] == REPRODUCED  # both learned
+    assert got["residual node helps the deep tree (depth 4)"] == INCONCLUSIVE
+    assert got["residual gain is larger for the deep tree than for the shallow one"] == INCONCLUSIVE
+    assert got["residual node does not help the shallow tree (depth 2)"] == REPRODUCED
+    notes = claims.set_index("claim")["note"]
+    assert "hda at or below 0.0625" in notes["full DLA (IDA+HDA) beats hda at matched params"]
+    assert "deep/off" in notes["residual gain is larger for the deep tree than for the shallow one"]
+    assert "did not learn" in exp.claims_markdown(claims)
+
+
+@pytest.mark.notebook
+def test_wrong_data_root_layout_is_a_clear_error_through_the_cli(tmp_path, capsys):
+    root = tmp_path / "not_imagenet"
+    (root / "images").mkdir(parents=True)  # no train/ or val/
+    code = cli.main(["run", "dla_classification", "--profile", "paper", "--data-root", str(root), "-p", "epochs=1"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "dla_classification failed in cell" in out and "DatasetLayoutError" in out
+    assert str(root / "train") in out and "Expected layout" in out and "<class_a>/" in out
+
+
 def test_figures_and_paper_table():
     results = _fake({("aggregation", "agg=none"): [0.2, 0.25], ("aggregation", "agg=full"): [0.3, 0.32],
                      ("kernel", "kernel=1x1"): [0.3, 0.32], ("kernel", "kernel=3x3"): [0.31, 0.3]})

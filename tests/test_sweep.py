@@ -60,6 +60,10 @@ def test_verdicts():
     assert compare("A beats B", [0.9], [0.5]).verdict == INCONCLUSIVE
     assert compare("A beats B", [0.9], [0.5], min_effect=0.2).verdict == REPRODUCED
     assert compare("A beats B", [0.9, 0.91], [0.89, 0.9], min_effect=0.05).verdict == INCONCLUSIVE
+    # a model at or below the floor (did not learn) makes any difference inconclusive
+    low = compare("A beats B", [0.30, 0.31, 0.30], [0.04, 0.05, 0.04], names=("A", "B"), floor=0.0625)
+    assert low.verdict == INCONCLUSIVE and low.note.startswith("B at or below 0.0625")
+    assert compare("A beats B", [0.30, 0.31, 0.30], [0.10, 0.11, 0.10], floor=0.0625).verdict == REPRODUCED
     # equality claims
     assert compare("A = B", [0.50, 0.51], [0.505, 0.50], expect="equal", tolerance=0.02).verdict == REPRODUCED
     assert compare("A = B", [0.50, 0.51], [0.70, 0.71], expect="equal", tolerance=0.02).verdict == NOT_REPRODUCED

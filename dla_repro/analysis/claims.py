@@ -11,7 +11,10 @@ top-1"), each group one value per seed.  The verdict is deliberately plain:
   spreads, an effect below ``min_effect``).
 
 With a single seed there is no spread: the verdict is inconclusive unless
-``min_effect`` is given and exceeded.  Claims of *no difference* ("early ≈ late")
+``min_effect`` is given and exceeded.  ``floor`` (e.g. twice the chance accuracy)
+guards against comparing models that did not learn: when either group's mean is
+at or below it, the verdict is inconclusive whatever the difference, and ``note``
+says why.  Claims of *no difference* ("early ≈ late")
 use ``expect="equal"``: reproduced when ``|Δ| ≤ tolerance`` and the noise is small
 enough to tell (``k · SE ≤ tolerance``), not reproduced when ``|Δ| > tolerance``
 clearly, inconclusive otherwise.
@@ -47,6 +50,7 @@ class Verdict:
     n_b: int
     expect: str
     verdict: str
+    note: str = ""
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -74,6 +78,7 @@ def compare(
     k: float = 2.0,
     min_effect: float = 0.0,
     tolerance: float | None = None,
+    floor: float | None = None,
 ) -> Verdict:
     """Verdict on "``a`` is greater than / less than / equal to ``b``" (one value per seed each)."""
     if expect not in ("greater", "less", "equal"):
@@ -102,8 +107,14 @@ def compare(
             verdict = REPRODUCED if signed > 0 else NOT_REPRODUCED
         else:
             verdict = INCONCLUSIVE
+    note = ""
+    if floor is not None:
+        low = [n for n, x in zip(names, (xa, xb)) if x.mean() <= floor]
+        if low:
+            verdict = INCONCLUSIVE
+            note = f"{' and '.join(low)} at or below {floor:.3g} (did not learn at this budget)"
     return Verdict(claim, metric, names[0], names[1], float(xa.mean()), float(xb.mean()), delta, se,
-                   int(xa.size), int(xb.size), expect, verdict)
+                   int(xa.size), int(xb.size), expect, verdict, note)
 
 
 def claims_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:

@@ -28,6 +28,7 @@ inconclusive at this budget.
 from __future__ import annotations
 
 import functools
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.claims import Verdict, claims_table, compare
+from ..analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare
 from ..engine import ClassificationTask, DataBundle, TrainConfig, Trial, sweep
 from ..models.dla import AGGREGATION_MODES, REFERENCE, REFERENCE_SOURCE, VARIANTS, create_dla, matched_family
 
@@ -315,7 +316,16 @@ def summary(results: Results, metric: str = METRIC) -> pd.DataFrame:
     return out
 
 
-def _compare(claim: str, a: Sequence[float], b: Sequence[float], **kwargs) -> Verdict:
+def learned_floor(num_classes: int) -> float:
+    """Top-1 a model must exceed for its comparisons to count: twice chance.
+
+    Below it the model has not learned the task at this budget, and a difference
+    between two such models says nothing about aggregation (``compare(floor=...)``).
+    """
+    return 2.0 / num_classes
+
+
+def _compare_seeds(claim: str, a: Sequence[float], b: Sequence[float], **kwargs) -> Verdict:
     """``compare`` with ``MIN_EFFECT`` -- except with a single seed on either side, where there is
     no spread to judge the noise by: then no difference is large enough (inconclusive)."""
     enough = len(a) >= 2 and len(b) >= 2
@@ -328,9 +338,17 @@ def _values(runs: pd.DataFrame, trial: str, metric: str) -> pd.Series:
     return runs[runs["trial"] == trial].set_index("seed")[metric].sort_index()
 
 
-def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0) -> pd.DataFrame:
-    """The paper's claims for every ablation that ran, as a verdict table (``claims_table``)."""
+def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0, floor: float | None = None) -> pd.DataFrame:
+    """The paper's claims for every ablation that ran, as a verdict table (``claims_table``).
+
+    ``floor`` (``learned_floor(num_classes)``): a comparison involving a
+    configuration whose mean top-1 is at or below it is inconclusive.
+    """
     verdicts: list[tuple[str, str, Verdict]] = []
+    if floor is not None:
+        _compare = functools.partial(_compare_seeds, floor=floor)
+    else:
+        _compare = _compare_seeds
     a = results.of("aggregation")
     if len(a):
         full = _values(a, "agg=full", metric) if "agg=full" in set(a["trial"]) else None
@@ -357,9 +375,15 @@ def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0) -> pd.D
         seeds = sorted(set(do.index) & set(dn.index) & set(so.index) & set(sn.index))
         if seeds:
             gain_deep, gain_shallow = (do - dn).loc[seeds], (so - sn).loc[seeds]
-            verdicts.append(("residual", paper, _compare(
-                "residual gain is larger for the deep tree than for the shallow one", gain_deep, gain_shallow,
-                metric=f"Δ{metric}", names=("deep gain", "shallow gain"), expect="greater", k=k,)))
+            v = _compare_seeds("residual gain is larger for the deep tree than for the shallow one", gain_deep,
+                               gain_shallow, metric=f"Δ{metric}", names=("deep gain", "shallow gain"),
+                               expect="greater", k=k)
+            low = [name for name, x in (("deep/on", do), ("deep/off", dn), ("shallow/on", so), ("shallow/off", sn))
+                   if floor is not None and x.mean() <= floor]
+            if low:
+                v = dataclasses.replace(v, verdict=INCONCLUSIVE,
+                                        note=f"{' and '.join(low)} at or below {floor:.3g} (did not learn at this budget)")
+            verdicts.append(("residual", paper, v))
     c = results.of("kernel")
     if len(c):
         v = _compare(f"3×3 nodes bring no gain over 1×1 (difference within ±{KERNEL_TOLERANCE:g})",
@@ -383,13 +407,15 @@ def claims_markdown(claims: pd.DataFrame, context: str = "") -> str:
     for row in claims.itertuples():
         se = "n/a" if np.isnan(row.se) else f"{row.se:.3f}"
         ours = f"{row.a} {row.mean_a:.3f} vs {row.b} {row.mean_b:.3f}"
+        note = f" ({row.note})" if getattr(row, "note", "") else ""
         lines.append(f"| {_LABELS.get(row.ablation, row.ablation)} | {row.paper} | {row.claim} | {ours} | "
-                     f"{row.delta:+.3f} ± {se} | {row.n_a}/{row.n_b} | **{row.verdict}** |")
+                     f"{row.delta:+.3f} ± {se} | {row.n_a}/{row.n_b} | **{row.verdict}**{note} |")
     counts = claims["verdict"].value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ". "
               "A claim is *reproduced* only when the mean difference has the claimed sign and exceeds twice its "
-              "seed standard error (and 0.005 top-1); *inconclusive at this budget* means the seed spreads "
-              "overlap -- more seeds, data or epochs would be needed to tell."]
+              "seed standard error (and 0.005 top-1), and both sides learned (top-1 above twice chance); "
+              "*inconclusive at this budget* means the seed spreads overlap or a side did not learn -- more "
+              "seeds, data or epochs would be needed to tell."]
     return "\n".join(lines)
 
 
