@@ -85,7 +85,13 @@ def test_claims_follow_the_measured_spreads():
     assert verdicts["with normalisation, early ≈ late fusion"].verdict == REPRODUCED
     # context error undefined for early_l2 (nothing found): inconclusive, not dropped
     ctx = verdicts["global context resolves context classes (lower context error)"]
-    assert ctx.verdict == INCONCLUSIVE and ctx.n_a == 0
+    assert ctx.verdict == INCONCLUSIVE and ctx.n_a == 0 and "undefined for early_l2" in ctx.note
+    assert ctx.mean_b == pytest.approx(0.45)  # the side that was measured is still reported
+    # a consistent but tiny gain (below one mIoU point) is not called a result
+    tiny = pn.parsenet_claims(_runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}))
+    assert tiny[0].verdict == INCONCLUSIVE
+    assert pn.parsenet_claims(_runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}),
+                              min_effect=0.0)[0].verdict == REPRODUCED
     # trials that were not run: claim left out
     assert "late fusion needs normalisation" not in verdicts
     assert "a learned scale γ beats a fixed one" not in verdicts
