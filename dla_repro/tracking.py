@@ -158,7 +158,12 @@ def flatten(params: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict
 
 
 def git_state(root: Path | None = None) -> dict[str, str]:
-    """Commit and dirty flag of the repository (MLflow cannot see them under papermill)."""
+    """Commit and dirty flag of the repository (MLflow cannot see them under papermill).
+
+    Dirty means a tracked file differs from the commit *outside* ``results/``: the
+    pipeline itself rewrites the committed results, which says nothing about the
+    code that produced them.
+    """
     root = root or repo_root()
 
     def git(*args: str) -> str:
@@ -168,7 +173,7 @@ def git_state(root: Path | None = None) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))
         branch = git("rev-parse", "--abbrev-ref", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": "unknown", "git_branch": "unknown"}

@@ -139,3 +139,21 @@ def test_four_processes_on_one_fresh_store_lose_nothing(tmp_path):
         for key in ("loss", "acc"):
             steps = [m.step for m in client.get_metric_history(rid, key)]
             assert sorted(steps) == list(range(40))
+
+
+def test_git_dirty_flag_ignores_the_results_folder(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "table.csv").write_text("x\n1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert tracking.git_state(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "results" / "table.csv").write_text("x\n2\n")  # the pipeline rewrote a result
+    assert tracking.git_state(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "code.py").write_text("a = 2\n")  # the code changed
+    state = tracking.git_state(tmp_path)
+    assert state["git_dirty"] == "true" and len(state["git_commit"]) == 40

@@ -206,23 +206,12 @@ def calibrate(
             add("segmentation", "miou_line_dot", torch.nanmean(iou[small]), float("nan"), seconds)
             for k, name in enumerate(names):
                 add("segmentation", f"iou_{name}", iou[k], float("nan"), seconds)
-            # context error: right shape, wrong scene type
             # context error: right shape, wrong scene type -- meaningful only where the model finds
             # the shape at all, so its share of the context pixels is recorded beside it
-            table = config.shape_class_table()
-            right_shape = wrong_scene = total = 0
-            for k, shape in enumerate(config.shapes):
-                if shape not in config.context_shapes:
-                    continue
-                group = table[k]
-                block = cm[group][:, group]
-                total += int(cm[group].sum())
-                right_shape += int(block.sum())
-                wrong_scene += int(block.sum() - block.diag().sum())
-            if total:
-                add("segmentation", "context_shape_recall", right_shape / total, float("nan"), seconds)
-                error = wrong_scene / right_shape if right_shape >= 0.01 * total else float("nan")
-                add("segmentation", "context_error", error, 1 - chance_scene, seconds)
+            ctx = config.context_scores(cm)
+            if not math.isnan(ctx["context_shape_recall"]):
+                add("segmentation", "context_shape_recall", ctx["context_shape_recall"], float("nan"), seconds)
+                add("segmentation", "context_error", ctx["context_error"], 1 - chance_scene, seconds)
 
         df = pd.DataFrame(rows, columns=COLUMNS)
         if write:

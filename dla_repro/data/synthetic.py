@@ -349,6 +349,31 @@ class SyntheticConfig:
         table = self.shape_class_table()
         return [int(c) for k, s in enumerate(self.shapes) if s in self.context_shapes for c in table[k]]
 
+    def context_scores(self, confusion: torch.Tensor) -> dict[str, float]:
+        """How a segmenter reads the scene, from its confusion matrix (rows: truth, columns: prediction).
+
+        Over the pixels of the context shapes: ``context_shape_recall`` -- the share
+        given the right shape (any scene type); ``context_error`` -- among those,
+        the share given the wrong scene type (chance ``1 - 1/num_scene_types``).
+        The error is only defined where the shape is found at all (recall ≥ 1 %),
+        else NaN; both are NaN without any context pixel.
+        """
+        table = self.shape_class_table()
+        right_shape = wrong_scene = total = 0
+        for k, shape in enumerate(self.shapes):
+            if shape not in self.context_shapes:
+                continue
+            group = table[k]
+            block = confusion[group][:, group]
+            total += int(confusion[group].sum())
+            right_shape += int(block.sum())
+            wrong_scene += int(block.sum() - block.diag().sum())
+        nan = float("nan")
+        return {
+            "context_shape_recall": right_shape / total if total else nan,
+            "context_error": wrong_scene / right_shape if total and right_shape >= 0.01 * total else nan,
+        }
+
     def label_of(self, shape: int, position: int, scale: int = 0) -> int:
         """Image label of a target of shape index ``shape`` in position bin ``position``, scale bin ``scale``."""
         return (shape * self.num_positions + position) * self.scale_bins + scale

@@ -81,6 +81,7 @@ class SegData:
     class_names: list[str]
     description: str  # for captions
     synthetic: Any = None  # the SyntheticConfig, None on real data
+    context_classes: tuple[int, ...] = ()  # synthetic: the classes only the scene colour tells apart
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # the input normalisation (to draw images)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
@@ -113,7 +114,7 @@ def load_data(
         splits = make_splits(config, n_train, n_val, seed, task="segmentation")
         desc = f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, {n_train}/{n_val} images)"
         return SegData(splits, splits.train.num_classes, list(splits.train.class_names), desc, config,
-                       tuple(config.mean), tuple(config.std))
+                       tuple(config.context_classes()), tuple(config.mean), tuple(config.std))
     if not data_root:
         raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
     from ..data.readers import build_segmentation_dataset

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,8 @@ from ..analysis.claims import INCONCLUSIVE, Verdict, compare
 from ..analysis.receptive_field import empirical_receptive_field, extent, theoretical_receptive_field
 from ..engine import SegmentationTask, Trial, TrainConfig, sweep
 from ..models.parsenet import ParseNetSegmenter, create_parsenet, vgg16_fcn
+from .dla_segmentation import IGNORE, TINY_DLA34_CHANNELS, SegData
+from .dla_segmentation import load_data as load_segmentation
 
 __all__ = [
     "TRIALS",
@@ -68,9 +69,6 @@ __all__ = [
     "sample_images",
 ]
 
-IGNORE = 255
-TINY_DLA34_CHANNELS = (8, 16, 32, 64, 128, 256)
-
 #: The ablation, by trial name: ParseNetHead settings.  ``fcn`` is the baseline
 #: (local features only, no normalisation); the paper's ParseNet is ``early_l2``.
 TRIALS: dict[str, dict[str, Any]] = {
@@ -85,22 +83,9 @@ TRIALS: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------ data
-@dataclass
-class ParseNetData:
-    """What the ablation trains on: ``splits`` (anything ``fit`` accepts) and its description."""
-
-    splits: Any
-    num_classes: int
-    class_names: list[str]
-    description: str  # for captions
-    synthetic: Any = None  # the SyntheticConfig, None on real data
-    context_classes: tuple[int, ...] = ()
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # the input normalisation (to draw images)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-
-    @property
-    def val(self):
-        return self.splits.val if hasattr(self.splits, "val") else self.splits[1]
+#: What the ablation trains on: the DLA segmentation notebook's data (its
+#: ``context_classes`` are what the context scores read).
+ParseNetData = SegData
 
 
 def load_data(
@@ -114,32 +99,11 @@ def load_data(
 ) -> ParseNetData:
     """The synthetic segmentation splits, or a real dataset's train / test (val) splits.
 
-    Real data: ``dataset`` is a name ``build_segmentation_dataset`` knows; the
-    training split gets the random scale / crop / flip augmentation with
-    ``crop_size`` (0: ``image_size``), the evaluation split none.  SiftFlow's
-    evaluation split is ``test``, the others' ``val``.
+    The same data as :func:`dla_repro.experiments.dla_segmentation.load_data`
+    (random scale in [1/2, 2], ``crop_size`` crop and flip on real training data;
+    SiftFlow evaluates on ``test``, the others on ``val``), without rotation.
     """
-    if dataset == "synthetic":
-        from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
-
-        config = SyntheticConfig(image_size=image_size)
-        splits = make_splits(config, n_train, n_val, seed, task="segmentation")
-        desc = f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, {n_train}/{n_val} images)"
-        return ParseNetData(splits, splits.train.num_classes, list(splits.train.class_names), desc, config,
-                            tuple(config.context_classes()), tuple(config.mean), tuple(config.std))
-    if not data_root:
-        raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
-    from ..data.readers import build_segmentation_dataset
-    from ..engine import DataBundle
-
-    crop = crop_size or image_size
-    train, num_classes = build_segmentation_dataset(dataset, data_root, "train", train=True, crop_size=crop)
-    eval_split = "test" if dataset.lower() == "siftflow" else "val"
-    val, _ = build_segmentation_dataset(dataset, data_root, eval_split, train=False)
-    names = list(getattr(train, "classes", [str(k) for k in range(num_classes)]))
-    desc = f"{dataset} ({data_root}; {len(train)} train / {len(val)} {eval_split}, crop {crop})"
-    bundle = DataBundle(train, val, getattr(train, "name", dataset), None, str(data_root))
-    return ParseNetData(bundle, num_classes, names, desc)
+    return load_segmentation(dataset, data_root, image_size, n_train, n_val, seed, crop_size=crop_size)
 
 
 # ----------------------------------------------------------------------------- model
@@ -229,18 +193,7 @@ def segmentation_scores(cm: torch.Tensor, synthetic=None) -> dict[str, float]:
     if synthetic is None:
         return out
     out["miou_context"] = float(torch.nanmean(iou[synthetic.context_classes()]))
-    table = synthetic.shape_class_table()
-    right_shape = wrong_scene = total = 0
-    for k, shape in enumerate(synthetic.shapes):
-        if shape not in synthetic.context_shapes:
-            continue
-        group = table[k]
-        block = cm[group][:, group]
-        total += int(cm[group].sum())
-        right_shape += int(block.sum())
-        wrong_scene += int(block.sum() - block.diag().sum())
-    out["context_shape_recall"] = right_shape / total if total else float("nan")
-    out["context_error"] = wrong_scene / right_shape if total and right_shape >= 0.01 * total else float("nan")
+    out.update(synthetic.context_scores(cm))
     return out
 
 
