@@ -1,9 +1,10 @@
-"""``dla-repro``: run the notebook pipeline, list its parameters, open the MLflow UI, benchmark.
+"""``dla-repro``: run the notebook pipeline, list its parameters, open the MLflow UI, benchmark, report.
 
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
     dla-repro bench {models,synthetic,kernels} [...]
+    dla-repro report [--profile P]
 """
 
 from __future__ import annotations
@@ -93,6 +94,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import write_report
+    from .paths import results_dir
+
+    try:
+        path, text = write_report(results_dir(), args.profile)
+    except FileNotFoundError as exc:
+        print(f"dla-repro: error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dla-repro", description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=None, help="pipeline file (default: notebooks/pipeline.yaml)")
@@ -129,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--name", default=None, help="output file stem")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="every notebook's verdicts in one table (results/claims_<profile>.md)")
+    p.add_argument("--profile", choices=pipeline.PROFILES, default="quick")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
