@@ -102,6 +102,10 @@ def test_claims_follow_the_measured_spreads():
     summary = pn.summarize(runs)
     assert list(summary["trial"]) == ["fcn", "early", "early_l2", "late_l2"]
     assert summary.loc[0, "eval_miou_mean"] == pytest.approx(0.30)
+    # the figure marks the trial whose context error is undefined instead of leaving a silent gap
+    fig = pn.plot_ablation(runs)
+    ctx_ax = [ax for ax in fig.axes if ax.get_title().startswith("context error")][0]
+    assert [t.get_text() for t in ctx_ax.texts] == ["undefined"]
 
 
 def test_receptive_fields_and_feature_norms_on_a_tiny_net():

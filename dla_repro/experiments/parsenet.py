@@ -460,6 +460,10 @@ def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = METRICS):
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", labelrotation=35)
+        for i, trial in enumerate(order):  # say why a bar is missing instead of drawing nothing
+            if not runs.loc[runs["trial"] == trial, m].notna().any():
+                ax.text(i, 0.02, "undefined" if m == "eval_context_error" else "n/a", rotation=90, ha="center",
+                        va="bottom", fontsize=8, color="0.35", transform=ax.get_xaxis_transform())
     fig.tight_layout()
     return fig
 
