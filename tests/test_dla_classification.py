@@ -171,7 +171,10 @@ def test_figures_and_paper_table():
     results = _fake({("aggregation", "agg=none"): [0.2, 0.25], ("aggregation", "agg=full"): [0.3, 0.32],
                      ("kernel", "kernel=1x1"): [0.3, 0.32], ("kernel", "kernel=3x3"): [0.31, 0.3]})
     fig = exp.plot_accuracy_vs_params(results)
-    assert len(fig.axes) == 2 and fig.axes[0].get_title().startswith("A:")
+    dotted = lambda ax: sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":")  # noqa: E731
+    assert len(fig.axes) == 2 and fig.axes[0].get_title().startswith("A:") and dotted(fig.axes[0]) == []
+    fig = exp.plot_accuracy_vs_params(results, num_classes=32)
+    assert dotted(fig.axes[0]) == pytest.approx([1 / 32, 2 / 32])
     fig = exp.plot_training_curves(results)
     assert len(fig.axes) == 4
     table = exp.paper_vs_ours(results, TINY, "synthetic")

@@ -443,8 +443,12 @@ def paper_vs_ours(results: Results, spec: ModelSpec, dataset: str, metric: str =
 
 
 # ---------------------------------------------------------------------------- figures
-def plot_accuracy_vs_params(results: Results, metric: str = METRIC):
-    """One panel per ablation: top-1 vs parameters; small points per seed, mean ± std per configuration."""
+def plot_accuracy_vs_params(results: Results, metric: str = METRIC, num_classes: int | None = None):
+    """One panel per ablation: top-1 vs parameters; small points per seed, mean ± std per configuration.
+
+    With ``num_classes``: dotted lines at chance and at ``learned_floor`` (twice
+    chance), below which a configuration counts as not having learned.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -460,6 +464,11 @@ def plot_accuracy_vs_params(results: Results, metric: str = METRIC):
         for row in s.itertuples():
             ax.errorbar(row.n_params, row.mean, yerr=0 if np.isnan(row.std) else row.std, fmt="D", ms=7,
                         capsize=4, color=palette[row.config], label=row.config, mec="black", mew=0.6)
+        if num_classes:
+            for level, text in ((1.0 / num_classes, "chance"), (learned_floor(num_classes), "2 × chance")):
+                ax.axhline(level, color="0.5", ls=":", lw=1)
+                ax.annotate(text, (0.0, level), xycoords=("axes fraction", "data"), xytext=(2, 2),
+                            textcoords="offset points", fontsize=7, color="0.4")
         ax.set_title(_LABELS.get(ablation, ablation))
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{metric} (final epoch)")
