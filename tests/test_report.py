@@ -23,7 +23,8 @@ def _write(profile: str) -> None:
     pd.DataFrame({"x": [1]}).to_csv(tables / "dla_segmentation_runs.csv", index=False)  # not a claims table
     manifest = {"last_run": {"notebooks": ["dla_classification", "dla_segmentation"], "wall_seconds": 12.0},
                 "hardware": {"cpu": "Test CPU", "cpu_count": "2", "gpu": "none"},
-                "notebooks": {"dla_segmentation": {"git_commit": "abcdef1234567890"}}}
+                "notebooks": {"dla_segmentation": {"git_commit": "abcdef1234567890", "wall_seconds": 7.5},
+                              "dla_classification": {"git_commit": "abcdef1234567890", "wall_seconds": 4.5}}}
     (results_dir() / f"manifest_{profile}.json").write_text(json.dumps(manifest))
 
 
@@ -36,7 +37,7 @@ def test_report_gathers_every_claims_table_in_pipeline_order(capsys):
     out = capsys.readouterr().out
     text = (results_dir() / "claims_quick.md").read_text()
     assert text in out
-    assert "Commit abcdef123456 · Test CPU (2 cores), GPU: none · last pipeline run 12 s" in text
+    assert "Commit abcdef123456 · Test CPU (2 cores), GPU: none · notebooks' wall time 12 s" in text
     rows = [line for line in text.splitlines() if line.startswith("| dla_")]
     assert rows[0].startswith("| dla_classification | full beats hda | full 0.305 vs hda 0.035")
     assert "hda at or below 0.0625" in rows[0]

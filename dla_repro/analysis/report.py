@@ -75,8 +75,8 @@ def claims_report(claims: pd.DataFrame, profile: str, manifest: Mapping[str, Any
         commits = sorted({r.get("git_commit", "?")[:12] for r in runs.values()})
         hw = manifest.get("hardware", {})
         hardware = f"{hw.get('cpu', '?')} ({hw.get('cpu_count', '?')} cores), GPU: {hw.get('gpu', '?')}"
-        wall = manifest.get("last_run", {}).get("wall_seconds")
-        lines += [f"Commit {', '.join(commits)} · {hardware}" + (f" · last pipeline run {wall:.0f} s" if wall else ""),
+        wall = sum(float(r.get("wall_seconds") or 0) for r in runs.values())
+        lines += [f"Commit {', '.join(commits)} · {hardware}" + (f" · notebooks' wall time {wall:.0f} s" if wall else ""),
                   ""]
     lines += ["| notebook | claim | A vs B | Δ (A−B) ± SE | seeds | verdict |", "|---|---|---|---|---|---|"]
     for row in claims.itertuples(index=False):
