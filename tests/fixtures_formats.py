@@ -159,6 +159,29 @@ def write_voc2012(
     return written
 
 
+def write_pascal_context(
+    root: Path, splits: dict[str, int] | None = None, size=(10, 12), seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``VOCdevkit/VOC2010/{JPEGImages,SegmentationClassContext,ImageSets/SegmentationContext}``:
+    8-bit label PNGs, 0 = outside the 59 classes, 1..59 the classes."""
+    rng = np.random.default_rng(seed)
+    base = Path(root) / "VOCdevkit" / "VOC2010"
+    splits = splits or {"train": 3, "val": 2}
+    written = {}
+    (base / "ImageSets" / "SegmentationContext").mkdir(parents=True, exist_ok=True)
+    for split, n in splits.items():
+        ids = [f"2008_{split[:1]}{k:05d}" for k in range(n)]
+        for i in ids:
+            _save_rgb(base / "JPEGImages" / f"{i}.jpg", _rgb(rng, *size))
+            lbl = rng.integers(0, 60, size=size, dtype=np.uint8)
+            lbl[:, 0] = 0  # unlabelled / outside the 59 classes
+            lbl[-1, -1] = 59
+            _save_gray(base / "SegmentationClassContext" / f"{i}.png", lbl)
+            written[i] = lbl
+        (base / "ImageSets" / "SegmentationContext" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return written
+
+
 # ----------------------------------------------------------------------------- BSDS500
 def bsds_ground_truth_cell(annotators: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """A 1×K object array of structs: ``savemat`` writes it as BSDS's ``groundTruth`` cell array."""

@@ -13,7 +13,7 @@ from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from dla_repro.data.synthetic import SyntheticConfig
 from dla_repro.experiments import parsenet as pn
 from dla_repro.paths import results_dir
-from fixtures_formats import write_siftflow
+from fixtures_formats import write_pascal_context, write_siftflow
 
 
 @pytest.mark.parametrize("trial", list(pn.TRIALS))
@@ -141,3 +141,12 @@ def test_paper_profile_runs_on_a_siftflow_fixture(tmp_path, capsys):
     assert list(claims["claim"]) == ["global context helps (ParseNet > FCN baseline)"]
     assert (results_dir() / "figures" / "paper" / "parsenet_receptive_field.png").exists()
     assert (results_dir() / "notebooks" / "paper" / "05_global_context.ipynb").exists()
+
+
+def test_pascal_context_feeds_the_ablation(tmp_path):
+    write_pascal_context(tmp_path, {"train": 3, "val": 2}, size=(40, 48))
+    data = pn.load_data("pascal_context", str(tmp_path), image_size=32)
+    assert data.num_classes == 59 and data.class_names[0] == "aeroplane" and data.context_classes == ()
+    image, mask = data.splits.train[0]
+    assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+    assert len(data.val) == 2 and "val" in data.description

@@ -1,4 +1,4 @@
-"""Cityscapes, CamVid, VOC 2012, BSDS500 and SiftFlow readers on fixtures in their real formats."""
+"""Cityscapes, CamVid, VOC 2012, PASCAL-Context, BSDS500 and SiftFlow readers on fixtures in their real formats."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dla_repro.data.readers import (
     CamVid,
     Cityscapes,
     DatasetLayoutError,
+    PascalContext,
     SiftFlow,
     build_segmentation_dataset,
 )
@@ -23,6 +24,7 @@ from fixtures_formats import (
     write_bsds500,
     write_camvid,
     write_cityscapes,
+    write_pascal_context,
     write_siftflow,
     write_voc2012,
 )
@@ -124,6 +126,37 @@ def test_voc_errors(tmp_path):
     (base / "SegmentationClass" / f"{first}.png").unlink()
     with pytest.raises(DatasetLayoutError, match="missing label file"):
         VOC2012(tmp_path, "train")
+
+
+# ----------------------------------------------------------------------------- PASCAL-Context
+def test_pascal_context_maps_0_to_ignore_and_shifts_the_59_classes(tmp_path):
+    written = write_pascal_context(tmp_path, {"train": 3, "val": 2})
+    ds = PascalContext(tmp_path, "val")  # found under VOCdevkit/VOC2010
+    assert len(ds) == 2 and ds.num_classes == 59 and ds.classes[0] == "aeroplane" and ds.classes[-1] == "wood"
+    for (img, _), mask in zip(ds.samples, raw(ds)):
+        lbl = written[img.stem]
+        assert (mask[lbl == 0] == 255).all()
+        np.testing.assert_array_equal(mask[lbl > 0], lbl[lbl > 0] - 1)
+        assert mask[-1, -1] == 58
+    same, n = build_segmentation_dataset("pascal_context", tmp_path / "VOCdevkit" / "VOC2010", "train", train=False)
+    assert n == 59 and len(same) == 3
+    x, y = ds[0]
+    assert x.shape == (3, 10, 12) and y.dtype == torch.long and int(y[y != 255].max()) <= 58 and (y[:, 0] == 255).all()
+
+
+def test_pascal_context_errors(tmp_path):
+    write_voc2012(tmp_path, {"train": 1})  # VOC 2012 is not PASCAL-Context
+    with pytest.raises(DatasetLayoutError, match="SegmentationClassContext") as err:
+        PascalContext(tmp_path)
+    assert "ImageSets/SegmentationContext/train.txt" in str(err.value)
+    write_pascal_context(tmp_path, {"train": 1})
+    base = tmp_path / "VOCdevkit/VOC2010"
+    label = next((base / "SegmentationClassContext").glob("*.png"))
+    Image.fromarray(np.full((10, 12), 60, np.uint8), "L").save(label)
+    with pytest.raises(DatasetLayoutError, match="label value 60 > 59"):
+        PascalContext(tmp_path)[0]
+    with pytest.raises(DatasetLayoutError, match="missing image list for split 'val'"):
+        PascalContext(tmp_path, "val")
 
 
 # ----------------------------------------------------------------------------- BSDS500

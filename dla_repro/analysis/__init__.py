@@ -1,1 +1,1 @@
-"""Analyses of model objects (no training): e.g. the aggregation graph of a DLA."""
+"""Analyses without training: aggregation graphs, receptive fields, claim verdicts and the claims report."""

@@ -3,7 +3,7 @@
 Classification: ``CIFAR100`` (the python pickles), ``ImageFolderDataset``
 (ImageNet, CUB, Cars, Aircraft, Food as one folder per class) and
 ``build_classification_dataset``. Dense prediction: ``Cityscapes``, ``CamVid``,
-``VOC2012``, ``BSDS500``, ``SiftFlow`` and ``build_segmentation_dataset``, with
+``VOC2012``, ``PascalContext``, ``BSDS500``, ``SiftFlow`` and ``build_segmentation_dataset``, with
 the joint image/mask transforms of ``transforms``. A missing or malformed
 dataset raises ``DatasetLayoutError`` (a ``FileNotFoundError``) that names the
 path and prints the expected layout.
@@ -18,6 +18,7 @@ from .segmentation import (
     SEGMENTATION_DATASETS,
     VOC2012,
     CamVid,
+    PascalContext,
     Cityscapes,
     SegmentationDataset,
     SiftFlow,
@@ -37,6 +38,7 @@ __all__ = [
     "Cityscapes",
     "CamVid",
     "VOC2012",
+    "PascalContext",
     "BSDS500",
     "SiftFlow",
     "SEGMENTATION_DATASETS",

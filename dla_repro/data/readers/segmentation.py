@@ -14,6 +14,8 @@ Cityscapes     19       ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` +
 CamVid         11       SegNet split: ``<split>/*.png`` + ``<split>annot/*.png``
 VOC2012        21       ``JPEGImages/*.jpg`` + ``SegmentationClass/*.png`` (palette) +
                         ``ImageSets/Segmentation/<split>.txt``
+PascalContext  59       ``JPEGImages/*.jpg`` + ``SegmentationClassContext/*.png`` (0 = not
+                        evaluated, 1..59) + ``ImageSets/SegmentationContext/<split>.txt``
 BSDS500        2        ``data/images/<split>/*.jpg`` + ``data/groundTruth/<split>/*.mat``
 SiftFlow       33       ``Images/spatial_envelope_256x256_static_8outdoorcategories/*.jpg``
                         + ``SemanticLabels/<same>/*.mat`` (variable ``S``)
@@ -42,6 +44,7 @@ __all__ = [
     "Cityscapes",
     "CamVid",
     "VOC2012",
+    "PascalContext",
     "BSDS500",
     "SiftFlow",
     "build_segmentation_dataset",
@@ -263,32 +266,75 @@ class VOC2012(SegmentationDataset):
   ImageSets/Segmentation/train.txt  val.txt  trainval.txt   (one <id> per line)
 """
     name = "voc2012"
+    LIST_DIR = "ImageSets/Segmentation"
+    LABEL_DIR = "SegmentationClass"
 
     def __init__(
         self,
         root: str | Path,
         split: str = "train",
         transform: Callable | None = None,
-        label_dir: str = "SegmentationClass",
+        label_dir: str | None = None,
     ):
-        markers = ["JPEGImages", label_dir, "ImageSets/Segmentation"]
-        base = find_dataset_dir("VOC2012", root, markers, self.ALIASES, self.EXPECTED)
+        who = type(self).__name__
+        label_dir = label_dir or self.LABEL_DIR
+        markers = ["JPEGImages", label_dir, self.LIST_DIR]
+        base = find_dataset_dir(who, root, markers, self.ALIASES, self.EXPECTED)
         super().__init__(base, split, transform)
         self.label_dir = label_dir
-        listing = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        listing = base / self.LIST_DIR / f"{split}.txt"
         if not listing.is_file():
-            raise DatasetLayoutError("VOC2012", listing, f"missing image list for split {split!r}", self.EXPECTED)
+            raise DatasetLayoutError(who, listing, f"missing image list for split {split!r}", self.EXPECTED)
         ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
         for i in ids:
             img = base / "JPEGImages" / f"{i}.jpg"
             if not img.is_file():
-                raise DatasetLayoutError("VOC2012", img, f"image listed in {listing.name} is missing", self.EXPECTED)
+                raise DatasetLayoutError(who, img, f"image listed in {listing.name} is missing", self.EXPECTED)
             self.samples.append(self._pair_or_fail(img, base / label_dir / f"{i}.png"))
         self._nonempty(listing)
 
-    def load_mask(self, index: int) -> np.ndarray:
+    def read_indices(self, index: int) -> tuple[np.ndarray, Path]:
         path = self.samples[index][1]
-        return self.check_labels(_read_png_labels(path, "VOC2012", self.EXPECTED), path)
+        return _read_png_labels(path, type(self).__name__, self.EXPECTED), path
+
+    def load_mask(self, index: int) -> np.ndarray:
+        indices, path = self.read_indices(index)
+        return self.check_labels(indices, path)
+
+
+# --------------------------------------------------------------------------- PASCAL-Context
+class PascalContext(VOC2012):
+    """PASCAL-Context, the 59-class benchmark (VOC 2010 images, 4998 train / 5105 val).
+
+    Labels are the widely used conversion of the Detail annotations: one 8-bit PNG
+    per image in ``SegmentationClassContext`` with 0 = the classes outside the 59
+    (not evaluated → 255) and 1..59 the classes below (→ train ids 0..58).
+    """
+
+    classes = (
+        "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
+        "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
+        "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
+        "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform",
+        "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa",
+        "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+    )  # fmt: skip
+    ALIASES = ("VOC2010", "VOCdevkit/VOC2010", "pascal_context", "PASCAL-Context")
+    EXPECTED = """\
+<root>/                       (or <root>/VOC2010/, <root>/VOCdevkit/VOC2010/)
+  JPEGImages/<id>.jpg
+  SegmentationClassContext/<id>.png          (8-bit: 0 = other/unlabelled, 1..59 = the 59 classes)
+  ImageSets/SegmentationContext/train.txt  val.txt   (one <id> per line)
+"""
+    name = "pascal_context"
+    LIST_DIR = "ImageSets/SegmentationContext"
+    LABEL_DIR = "SegmentationClassContext"
+
+    def load_mask(self, index: int) -> np.ndarray:
+        indices, path = self.read_indices(index)
+        if indices.max(initial=0) > len(self.classes):
+            raise DatasetLayoutError("PascalContext", path, f"label value {int(indices.max())} > 59", self.EXPECTED)
+        return np.where(indices == 0, IGNORE, indices.astype(np.int64) - 1).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- BSDS500
@@ -482,10 +528,12 @@ SEGMENTATION_DATASETS: dict[str, type[SegmentationDataset]] = {
     "cityscapes": Cityscapes,
     "camvid": CamVid,
     "voc2012": VOC2012,
+    "pascal_context": PascalContext,
     "bsds500": BSDS500,
     "siftflow": SiftFlow,
 }
-_NAME_ALIASES = {"voc": "voc2012", "pascal_voc": "voc2012", "bsds": "bsds500"}
+_NAME_ALIASES = {"voc": "voc2012", "pascal_voc": "voc2012", "bsds": "bsds500", "pascalcontext": "pascal_context",
+                 "context": "pascal_context"}
 
 
 def build_segmentation_dataset(
