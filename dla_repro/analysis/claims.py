@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "Verdict", "compare", "claims_table"]
+__all__ = ["REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "Verdict", "compare", "floor_note", "claims_table"]
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -65,6 +65,14 @@ def _se(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or len(b) < 2:
         return float("nan")
     return float(math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+
+
+def floor_note(floor: float | None, groups: dict[str, Sequence[float]]) -> str:
+    """Why a verdict cannot stand: the groups whose mean is at or below ``floor`` ("" if none)."""
+    if floor is None:
+        return ""
+    low = [name for name, values in groups.items() if float(np.mean(values)) <= floor]
+    return f"{' and '.join(low)} at or below {floor:.3g} (did not learn at this budget)" if low else ""
 
 
 def compare(
@@ -107,12 +115,9 @@ def compare(
             verdict = REPRODUCED if signed > 0 else NOT_REPRODUCED
         else:
             verdict = INCONCLUSIVE
-    note = ""
-    if floor is not None:
-        low = [n for n, x in zip(names, (xa, xb)) if x.mean() <= floor]
-        if low:
-            verdict = INCONCLUSIVE
-            note = f"{' and '.join(low)} at or below {floor:.3g} (did not learn at this budget)"
+    note = floor_note(floor, {names[0]: xa, names[1]: xb})
+    if note:
+        verdict = INCONCLUSIVE
     return Verdict(claim, metric, names[0], names[1], float(xa.mean()), float(xb.mean()), delta, se,
                    int(xa.size), int(xb.size), expect, verdict, note)
 

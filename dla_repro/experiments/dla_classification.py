@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare
+from ..analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare, floor_note
 from ..engine import ClassificationTask, DataBundle, TrainConfig, Trial, sweep
 from ..models.dla import AGGREGATION_MODES, REFERENCE, REFERENCE_SOURCE, VARIANTS, create_dla, matched_family
 
@@ -325,7 +325,7 @@ def learned_floor(num_classes: int) -> float:
     return 2.0 / num_classes
 
 
-def _compare_seeds(claim: str, a: Sequence[float], b: Sequence[float], **kwargs) -> Verdict:
+def _compare(claim: str, a: Sequence[float], b: Sequence[float], **kwargs) -> Verdict:
     """``compare`` with ``MIN_EFFECT`` -- except with a single seed on either side, where there is
     no spread to judge the noise by: then no difference is large enough (inconclusive)."""
     enough = len(a) >= 2 and len(b) >= 2
@@ -345,10 +345,6 @@ def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0, floor: 
     configuration whose mean top-1 is at or below it is inconclusive.
     """
     verdicts: list[tuple[str, str, Verdict]] = []
-    if floor is not None:
-        _compare = functools.partial(_compare_seeds, floor=floor)
-    else:
-        _compare = _compare_seeds
     a = results.of("aggregation")
     if len(a):
         full = _values(a, "agg=full", metric) if "agg=full" in set(a["trial"]) else None
@@ -357,7 +353,7 @@ def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0, floor: 
             if full is None or trial not in set(a["trial"]):
                 continue
             v = _compare(f"full DLA (IDA+HDA) beats {mode} at matched params", full, _values(a, trial, metric),
-                        metric=metric, names=("full", mode), expect="greater", k=k)
+                        metric=metric, names=("full", mode), expect="greater", k=k, floor=floor)
             verdicts.append(("aggregation", "IDA and HDA together give the best accuracy per parameter", v))
     b = results.of("residual")
     if len(b):
@@ -368,27 +364,25 @@ def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0, floor: 
         paper = "the residual node helps when the deepest hierarchy has ≥ 4 levels, may hurt smaller ones"
         verdicts.append(("residual", paper, _compare(
             f"residual node helps the deep tree (depth {d_depth})", do, dn, metric=metric,
-            names=("residual", "plain"), expect="greater", k=k)))
+            names=("residual", "plain"), expect="greater", k=k, floor=floor)))
         verdicts.append(("residual", paper, _compare(
             f"residual node does not help the shallow tree (depth {s_depth})", so, sn, metric=metric,
-            names=("residual", "plain"), expect="less", k=k)))
+            names=("residual", "plain"), expect="less", k=k, floor=floor)))
         seeds = sorted(set(do.index) & set(dn.index) & set(so.index) & set(sn.index))
         if seeds:
             gain_deep, gain_shallow = (do - dn).loc[seeds], (so - sn).loc[seeds]
-            v = _compare_seeds("residual gain is larger for the deep tree than for the shallow one", gain_deep,
-                               gain_shallow, metric=f"Δ{metric}", names=("deep gain", "shallow gain"),
-                               expect="greater", k=k)
-            low = [name for name, x in (("deep/on", do), ("deep/off", dn), ("shallow/on", so), ("shallow/off", sn))
-                   if floor is not None and x.mean() <= floor]
-            if low:
-                v = dataclasses.replace(v, verdict=INCONCLUSIVE,
-                                        note=f"{' and '.join(low)} at or below {floor:.3g} (did not learn at this budget)")
+            v = _compare("residual gain is larger for the deep tree than for the shallow one", gain_deep,
+                         gain_shallow, metric=f"Δ{metric}", names=("deep gain", "shallow gain"), expect="greater", k=k)
+            # the gains are differences, so the floor applies to the four trees behind them
+            note = floor_note(floor, {"deep/on": do, "deep/off": dn, "shallow/on": so, "shallow/off": sn})
+            if note:
+                v = dataclasses.replace(v, verdict=INCONCLUSIVE, note=note)
             verdicts.append(("residual", paper, v))
     c = results.of("kernel")
     if len(c):
         v = _compare(f"3×3 nodes bring no gain over 1×1 (difference within ±{KERNEL_TOLERANCE:g})",
                     _values(c, "kernel=3x3", metric), _values(c, "kernel=1x1", metric), metric=metric,
-                    names=("3×3", "1×1"), expect="equal", k=k, tolerance=KERNEL_TOLERANCE)
+                    names=("3×3", "1×1"), expect="equal", k=k, tolerance=KERNEL_TOLERANCE, floor=floor)
         verdicts.append(("kernel", "1×1 aggregation nodes for classification (3×3 for dense prediction)", v))
     table = claims_table([v for _, _, v in verdicts])
     if len(table):

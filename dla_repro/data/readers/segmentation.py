@@ -333,7 +333,7 @@ class PascalContext(VOC2012):
     def load_mask(self, index: int) -> np.ndarray:
         indices, path = self.read_indices(index)
         if indices.max(initial=0) > len(self.classes):
-            raise DatasetLayoutError("PascalContext", path, f"label value {int(indices.max())} > 59", self.EXPECTED)
+            raise DatasetLayoutError(type(self).__name__, path, f"label value {int(indices.max())} > 59", self.EXPECTED)
         return np.where(indices == 0, IGNORE, indices.astype(np.int64) - 1).astype(np.uint8)
 
 
