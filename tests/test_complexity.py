@@ -36,7 +36,7 @@ def test_known_counts_and_meta_equals_real_run():
 
 
 def test_architecture_table_compares_with_timm_and_the_reference():
-    from dla_repro.analysis.architecture import architecture_table
+    from dla_repro.experiments.dla.architecture import architecture_table
 
     df = architecture_table(["dla46_c", "dla102"])
     assert list(df["variant"]) == ["dla46_c", "dla102"]

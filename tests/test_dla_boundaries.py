@@ -1,4 +1,4 @@
-"""Boundary notebook code (dla_repro.experiments.dla_boundaries): scoring, Sobel baseline, sweep, claims, paper run."""
+"""Boundary notebook code (dla_repro.experiments.dla.boundaries): scoring, Sobel baseline, sweep, claims, paper run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from dla_repro.engine import TrainConfig, Trial
-from dla_repro.experiments import dla_boundaries as B
+from dla_repro.experiments.dla import boundaries as B
 from dla_repro.models.dla_up import boundary_task
 from dla_repro.paths import results_dir
 from fixtures_formats import write_bsds500

@@ -17,7 +17,7 @@ import mlflow  # noqa: E402
 from dla_repro import cli, tracking  # noqa: E402
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  # noqa: E402
 from dla_repro.engine import TrainConfig  # noqa: E402
-from dla_repro.experiments import dla_classification as exp  # noqa: E402
+from dla_repro.experiments.dla import classification as exp  # noqa: E402
 from dla_repro.paths import results_dir  # noqa: E402
 
 TINY = exp.ModelSpec("dla34", num_classes=32, channels=(8, 8, 16, 24, 48, 96), deep_levels=(1, 1, 1, 1, 4, 1))

@@ -11,7 +11,7 @@ from fixtures_formats import write_camvid
 
 from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from dla_repro.experiments import dla_segmentation as seg
+from dla_repro.experiments.dla import segmentation as seg
 from dla_repro.paths import results_dir
 
 NAMES = ["background", "region", "line", "dot"]

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from dla_repro.analysis.graph import aggregation_graphs, draw_aggregation_graph  # noqa: E402
+from dla_repro.experiments.dla.graph import aggregation_graphs, draw_aggregation_graph  # noqa: E402
 from dla_repro.models import AGGREGATION_MODES  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch
 from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from dla_repro.data.synthetic import SyntheticConfig
-from dla_repro.experiments import parsenet as pn
+from dla_repro.experiments.parsenet import global_context as pn
 from dla_repro.paths import results_dir
 from fixtures_formats import write_pascal_context, write_siftflow
 

@@ -54,7 +54,7 @@ def test_registered_in_timm_and_bad_task():
 
 
 def test_calibration_runs_end_to_end_and_writes_its_table():
-    from dla_repro.data.calibrate import CALIBRATION_TABLE, calibrate, load_calibration
+    from dla_repro.experiments.calibration import CALIBRATION_TABLE, calibrate, load_calibration
     from dla_repro.paths import results_dir
 
     df = calibrate(image_size=32, n_train=32, n_val=16, epochs=1, batch_size=16, progress=False)

@@ -135,7 +135,7 @@ def test_context_shapes_change_class_with_the_scene_only():
 
 
 def test_scene_is_readable_from_the_whole_background():
-    from dla_repro.data.calibrate import scene_evidence
+    from dla_repro.experiments.calibration import scene_evidence
 
     data = generate(CFG, 64, seed=5)
     evidence = scene_evidence(data["image"], data["scene"], CFG, data["mask"], windows=(4, 32))

@@ -62,7 +62,7 @@ split names give unrelated streams.
 
 Frozen defaults (``SYNTHETIC_VERSION``): the generator's default parameters were
 calibrated once against the plain baseline (``dla_repro.models.plain``) only --
-see ``dla_repro.data.calibrate`` and ``results/tables/synthetic_calibration.csv``
+see ``dla_repro.experiments.calibration`` and ``results/tables/synthetic_calibration.csv``
 -- and then frozen.  Changing a default changes the version string.
 """
 

@@ -1,6 +1,6 @@
 """The plain calibration baseline: a chain of convolutions, nothing aggregated.
 
-Used once, to set the difficulty of the synthetic data (``dla_repro.data.calibrate``),
+Used once, to set the difficulty of the synthetic data (``dla_repro.experiments.calibration``),
 and as the "no aggregation, no context" reference point of the notebooks.
 
     stem   : 3x3 conv, stride 1 → BN → ReLU                        (stride 1)

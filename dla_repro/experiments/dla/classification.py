@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare, floor_note
-from ..engine import ClassificationTask, DataBundle, TrainConfig, Trial, sweep
-from ..models.dla import AGGREGATION_MODES, REFERENCE, REFERENCE_SOURCE, VARIANTS, create_dla, matched_family
+from ...analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare, floor_note
+from ...engine import ClassificationTask, DataBundle, TrainConfig, Trial, sweep
+from ...models.dla import AGGREGATION_MODES, REFERENCE, REFERENCE_SOURCE, VARIANTS, create_dla, matched_family
 
 __all__ = [
     "ABLATIONS",
@@ -105,7 +105,7 @@ def load_data(
         desc = (f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, "
                 f"{n_train} train / {n_val} val)")
         return data, data.train.num_classes, desc
-    from ..data.readers import CLASSIFICATION_DATASETS, build_classification_dataset
+    from ...data.readers import CLASSIFICATION_DATASETS, build_classification_dataset
 
     if name not in CLASSIFICATION_DATASETS:
         raise ValueError(f"dataset={dataset!r}: expected 'synthetic' or one of {CLASSIFICATION_DATASETS}")

@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..metrics.complexity import count_complexity
-from ..models.dla import NA, REFERENCE, VARIANTS, create_dla
+from ...metrics.complexity import count_complexity
+from ...models.dla import NA, REFERENCE, VARIANTS, create_dla
 
 __all__ = ["architecture_table", "plot_params_vs_gmacs"]
 

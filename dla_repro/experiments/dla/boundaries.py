@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..analysis.claims import Verdict, compare
-from ..engine import DataBundle, Trial, TrainConfig, sweep
-from ..metrics.boundary import boundary_scores
-from ..models.dla_up import boundary_task, create_dla_up
+from ...analysis.claims import Verdict, compare
+from ...engine import DataBundle, Trial, TrainConfig, sweep
+from ...metrics.boundary import boundary_scores
+from ...models.dla_up import boundary_task, create_dla_up
 
 __all__ = [
     "TINY_DLA34_CHANNELS",
@@ -124,7 +124,7 @@ def load_data(
         raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from ..data.readers import build_segmentation_dataset
+    from ...data.readers import build_segmentation_dataset
 
     train, _ = build_segmentation_dataset(dataset, data_root, "train", train=True, crop_size=crop_size,
                                           scale=scale, rotate=rotate)

@@ -17,7 +17,7 @@ What the notebook calls, in its order:
   synthetic data, the mIoU of the context classes and the **context error**
   (among context-class pixels given the right shape, the share given the wrong
   scene: the error global context is meant to remove; the same definition as
-  ``dla_repro.data.calibrate``);
+  ``dla_repro.experiments.calibration``);
 * :func:`receptive_fields` / :func:`plot_receptive_field` -- theoretical and
   empirical field of the backbone's last layer (figure 1);
 * :func:`feature_norms` / :func:`plot_feature_norms` -- per-layer feature norms
@@ -39,12 +39,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..analysis.claims import INCONCLUSIVE, Verdict, compare
-from ..analysis.receptive_field import empirical_receptive_field, extent, theoretical_receptive_field
-from ..engine import SegmentationTask, Trial, TrainConfig, sweep
-from ..models.parsenet import ParseNetSegmenter, create_parsenet, vgg16_fcn
-from .dla_segmentation import IGNORE, TINY_DLA34_CHANNELS, SegData
-from .dla_segmentation import load_data as load_segmentation
+from ...analysis.claims import INCONCLUSIVE, Verdict, compare
+from ...analysis.receptive_field import empirical_receptive_field, extent, theoretical_receptive_field
+from ...engine import SegmentationTask, Trial, TrainConfig, sweep
+from ...models.parsenet import ParseNetSegmenter, create_parsenet, vgg16_fcn
+from ..dla.segmentation import IGNORE, TINY_DLA34_CHANNELS, SegData
+from ..dla.segmentation import load_data as load_segmentation
 
 __all__ = [
     "TRIALS",
@@ -99,7 +99,7 @@ def load_data(
 ) -> ParseNetData:
     """The synthetic segmentation splits, or a real dataset's train / test (val) splits.
 
-    The same data as :func:`dla_repro.experiments.dla_segmentation.load_data`
+    The same data as :func:`dla_repro.experiments.dla.segmentation.load_data`
     (random scale in [1/2, 2], ``crop_size`` crop and flip on real training data;
     SiftFlow evaluates on ``test``, the others on ``val``), without rotation.
     """

@@ -26,8 +26,8 @@ What is measured (``calibrate``), on the validation split:
 Re-measure (≈ 3 minutes on one CPU core; writes
 ``results/tables/synthetic_calibration.csv``)::
 
-    OMP_NUM_THREADS=1 python -m dla_repro.data.calibrate
-    python -m dla_repro.data.calibrate --image-size 32 --epochs 8 --no-write
+    OMP_NUM_THREADS=1 python -m dla_repro.experiments.calibration
+    python -m dla_repro.experiments.calibration --image-size 32 --epochs 8 --no-write
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..paths import results_dir
-from .synthetic import SYNTHETIC_VERSION, SyntheticConfig, SyntheticDataset, make_splits
+from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, SyntheticDataset, make_splits
 
 __all__ = ["CALIBRATION_TABLE", "calibrate", "load_calibration", "scene_evidence", "confusion_matrix", "main"]
 
@@ -72,7 +72,7 @@ def scene_evidence(
     it points to most.  The result says at which scale the scene cue becomes
     readable; no model is involved.
     """
-    from .synthetic import _chroma_directions, denormalize
+    from ..data.synthetic import _chroma_directions, denormalize
 
     rgb = denormalize(images, config) - 0.5  # N,3,H,W
     directions = _chroma_directions(config.num_scene_types)  # S,3
@@ -254,7 +254,7 @@ def load_calibration():
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m dla_repro.data.calibrate",
+        prog="python -m dla_repro.experiments.calibration",
         description="Train the plain baseline on the synthetic data and record the calibration table.",
     )
     parser.add_argument("--image-size", type=int, default=64)

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import fx, nn
 
-from ..models.aggregation import AggregationNode
-from ..models.blocks import BasicBlock, Bottleneck
+from ...models.aggregation import AggregationNode
+from ...models.blocks import BasicBlock, Bottleneck
 
 __all__ = ["aggregation_graph", "aggregation_graphs", "draw_aggregation_graph", "draw_aggregation_graphs"]
 
@@ -109,7 +109,7 @@ def aggregation_graphs(
     variant: str = "dla34", modes: Sequence[str] = ("none", "ida", "hda", "full"), **model_kwargs
 ) -> Dict[str, Dict[str, Any]]:
     """One graph per aggregation mode of ``variant`` (models built on the meta device)."""
-    from ..models.dla import create_dla
+    from ...models.dla import create_dla
 
     graphs = {}
     for mode in modes:

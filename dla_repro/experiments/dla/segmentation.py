@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..analysis.claims import Verdict, compare
-from ..engine import SegmentationTask, Trial, TrainConfig, sweep
-from ..metrics.segmentation import confusion_matrix, scores_from_confusion
-from ..models.dla_up import create_dla_up
+from ...analysis.claims import Verdict, compare
+from ...engine import SegmentationTask, Trial, TrainConfig, sweep
+from ...metrics.segmentation import confusion_matrix, scores_from_confusion
+from ...models.dla_up import create_dla_up
 
 __all__ = [
     "TRIALS",
@@ -117,8 +117,8 @@ def load_data(
                        tuple(config.context_classes()), tuple(config.mean), tuple(config.std))
     if not data_root:
         raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
-    from ..data.readers import build_segmentation_dataset
-    from ..engine import DataBundle
+    from ...data.readers import build_segmentation_dataset
+    from ...engine import DataBundle
 
     crop = crop_size or image_size
     train, num_classes = build_segmentation_dataset(dataset, data_root, "train", train=True, crop_size=crop,
