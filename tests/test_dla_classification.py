@@ -17,6 +17,7 @@ import mlflow  # noqa: E402
 from dla_repro import cli, tracking  # noqa: E402
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  # noqa: E402
 from dla_repro.engine import TrainConfig  # noqa: E402
+from dla_repro.experiments import study  # noqa: E402
 from dla_repro.experiments.dla import classification as exp  # noqa: E402
 from dla_repro.paths import results_dir  # noqa: E402
 
@@ -54,16 +55,16 @@ def test_model_spec_and_data_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="6 widths"):
         exp.ModelSpec(channels=(8, 16))
     with pytest.raises(ValueError, match="expected 'synthetic'"):
-        exp.load_data("mnist")
+        study.load_data("classification", "mnist", "x")
     with pytest.raises(ValueError, match="needs data_root"):
-        exp.load_data("imagefolder", "")
+        study.load_data("classification", "imagefolder", "")
     with pytest.raises(FileNotFoundError, match="train"):
-        exp.load_data("imagefolder", str(tmp_path))
+        study.load_data("classification", "imagefolder", str(tmp_path))
 
 
 def test_run_ablation_trains_each_model_once_and_nests_runs():
-    data, num_classes, source = exp.load_data("synthetic", image_size=32, n_train=16, n_val=8)
-    assert num_classes == 32 and "32px" in source
+    data = study.load_data("classification", image_size=32, n_train=16, n_val=8)
+    assert data.num_classes == 32 and "32px" in data.description
     config = TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, schedule="constant", progress=False)
     with mlflow.start_run(experiment_id=tracking.get_or_create_experiment("t")) as parent:
         results = exp.run_ablation("aggregation", TINY, data, config, [0, 1], modes=["none", "full"])
@@ -113,7 +114,8 @@ def test_claims_follow_the_numbers():
         ("kernel", "kernel=1x1"): [0.30, 0.31, 0.32],
         ("kernel", "kernel=3x3"): [0.301, 0.311, 0.321],
     })
-    claims = exp.judge_claims(results)
+    judged = exp.judge_claims(results, TINY)
+    claims = exp.claims_frame(judged)
     got = dict(zip(claims["claim"], claims["verdict"]))
     assert got["full DLA (IDA+HDA) beats none at matched params"] == REPRODUCED
     assert got["full DLA (IDA+HDA) beats ida at matched params"] == NOT_REPRODUCED
@@ -122,12 +124,13 @@ def test_claims_follow_the_numbers():
     assert got["residual node does not help the shallow tree (depth 2)"] == REPRODUCED
     assert got["residual gain is larger for the deep tree than for the shallow one"] == REPRODUCED
     assert claims.iloc[-1]["verdict"] == REPRODUCED and claims.iloc[-1]["ablation"] == "kernel"
-    text = exp.claims_markdown(claims, "ctx")
+    assert claims.iloc[0]["paper"].startswith("IDA and HDA together")
+    text = exp.claims_markdown(judged, "ctx")
     assert "ctx" in text and text.count("\n| ") == len(claims) + 1 and "not reproduced" in text
     # one seed: no spread, so nothing is called
     one = _fake({("aggregation", "agg=none"): [0.1], ("aggregation", "agg=full"): [0.9]})
-    assert list(exp.judge_claims(one)["verdict"]) == [INCONCLUSIVE]
-    assert exp.claims_markdown(exp.judge_claims(exp.Results())).startswith("No ablation ran")
+    assert [v.verdict for _, v in exp.judge_claims(one, TINY)] == [INCONCLUSIVE]
+    assert exp.claims_markdown(exp.judge_claims(exp.Results(), TINY)).startswith("No ablation ran")
 
 
 def test_models_that_did_not_learn_make_claims_inconclusive():
@@ -141,8 +144,9 @@ def test_models_that_did_not_learn_make_claims_inconclusive():
         ("residual", "deep/residual=off"): [0.03, 0.031, 0.032],
         ("residual", "deep/residual=on"): [0.40, 0.41, 0.42],
     })
-    without = dict(zip(*exp.judge_claims(results)[["claim", "verdict"]].T.values))
-    claims = exp.judge_claims(results, floor=floor)
+    without = {v.claim: v.verdict for _, v in exp.judge_claims(results, TINY)}
+    judged = exp.judge_claims(results, TINY, floor=floor)
+    claims = exp.claims_frame(judged)
     got = dict(zip(claims["claim"], claims["verdict"]))
     assert without["full DLA (IDA+HDA) beats hda at matched params"] == REPRODUCED
     assert got["full DLA (IDA+HDA) beats hda at matched params"] == INCONCLUSIVE
@@ -153,7 +157,7 @@ def test_models_that_did_not_learn_make_claims_inconclusive():
     notes = claims.set_index("claim")["note"]
     assert "hda at or below 0.0625" in notes["full DLA (IDA+HDA) beats hda at matched params"]
     assert "deep/off" in notes["residual gain is larger for the deep tree than for the shallow one"]
-    assert "did not learn" in exp.claims_markdown(claims)
+    assert "did not learn" in exp.claims_markdown(judged)
 
 
 @pytest.mark.notebook
@@ -217,4 +221,4 @@ def test_no_ablation_gives_empty_tables_and_no_claims():
     results = exp.Results()
     assert not len(results.of("aggregation")) and "config_key" in results.runs
     results.runs.drop(columns=["config_key"])  # what the notebook logs
-    assert not len(exp.judge_claims(results))
+    assert not len(exp.claims_frame(exp.judge_claims(results, TINY)))

@@ -51,6 +51,8 @@ class Verdict:
     expect: str
     verdict: str
     note: str = ""
+    values_a: tuple[float, ...] = ()  # the per-seed values behind mean_a (in seed order)
+    values_b: tuple[float, ...] = ()
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -119,7 +121,7 @@ def compare(
     if note:
         verdict = INCONCLUSIVE
     return Verdict(claim, metric, names[0], names[1], float(xa.mean()), float(xb.mean()), delta, se,
-                   int(xa.size), int(xb.size), expect, verdict, note)
+                   int(xa.size), int(xb.size), expect, verdict, note, tuple(map(float, xa)), tuple(map(float, xb)))
 
 
 def claims_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:

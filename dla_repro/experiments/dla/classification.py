@@ -1,7 +1,8 @@
-"""DLA classification experiments (Yu et al., CVPR 2018, §4.1 and §5.1-5.2): notebook ``dla/02_classification``.
+"""DLA classification (arXiv 1707.06484, §4.1 and §5.1-5.2): notebook ``dla/02_classification``.
 
-Three ablations of the DLA classifier, each a :func:`dla_repro.engine.sweep`
-(one MLflow run per configuration × seed, nested under one sweep run):
+Three ablations of the DLA classifier, each a study (:func:`dla_repro.experiments.study.run`:
+one MLflow run per configuration × seed, nested under one sweep run), on the
+data of ``study.load_data("classification", ...)``:
 
 * **A -- aggregation** (``"aggregation"``): ``none`` / ``ida`` / ``hda`` / ``full``
   at matched parameter count (:func:`dla_repro.models.dla.matched_family`: one
@@ -20,28 +21,28 @@ A configuration that two ablations share (A's ``full`` = B's shallow tree withou
 residual = C's 1×1 node) is trained once; the later ablation reuses its runs
 (``reused_from`` names the run's original trial).
 
-The claims are judged from the final-epoch validation top-1 of every seed with
-:func:`dla_repro.analysis.claims.compare` -- reproduced, not reproduced, or
-inconclusive at this budget.
+The claims (:func:`claims`, declared before training) are judged from the
+final-epoch validation top-1 of every seed by :func:`dla_repro.experiments.study.judge`
+-- reproduced, not reproduced, or inconclusive at this budget.
 """
 
 from __future__ import annotations
 
-import functools
 import dataclasses
-import hashlib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ...analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare, floor_note
-from ...engine import ClassificationTask, DataBundle, TrainConfig, Trial, sweep
+from ...analysis.claims import INCONCLUSIVE, Verdict, claims_table, floor_note
+from ...engine import ClassificationTask, TrainConfig, Trial
 from ...models.dla import AGGREGATION_MODES, REFERENCE, REFERENCE_SOURCE, VARIANTS, create_dla, matched_family
+from .. import study
+from ..study import Claim
 
 __all__ = [
     "ABLATIONS",
@@ -49,11 +50,12 @@ __all__ = [
     "METRIC",
     "ModelSpec",
     "Results",
-    "load_data",
-    "train_config",
     "ablation_trials",
     "run_ablation",
+    "learned_floor",
+    "claims",
     "judge_claims",
+    "claims_frame",
     "claims_markdown",
     "paper_vs_ours",
     "summary",
@@ -67,63 +69,6 @@ METRIC = "val_top1"  # final-epoch validation top-1: no selection on the validat
 KERNEL_TOLERANCE = 0.02  # |Δ top-1| below which the 3×3 node counts as "no gain"
 MIN_EFFECT = 0.005  # smaller top-1 differences are never called a result
 _LABELS = {"aggregation": "A: aggregation", "residual": "B: residual node × depth", "kernel": "C: node kernel"}
-
-
-# ----------------------------------------------------------------------------- data
-def _subset(ds: torch.utils.data.Dataset, n: int) -> torch.utils.data.Dataset:
-    """The first ``n`` samples of a shuffled-once order (fixed seed); all when ``n`` ≤ 0."""
-    if n <= 0 or n >= len(ds):
-        return ds
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-    return torch.utils.data.Subset(ds, order.tolist())
-
-
-def load_data(
-    dataset: str,
-    data_root: str = "",
-    image_size: int = 64,
-    n_train: int = 3000,
-    n_val: int = 1000,
-    seed: int = 0,
-) -> tuple[Any, int, str]:
-    """``(data, num_classes, description)`` for ``fit`` / ``sweep``.
-
-    ``synthetic``: the image-label task of :mod:`dla_repro.data.synthetic` (target
-    shape × quadrant × size, 32 classes) with its frozen defaults at ``image_size``;
-    ``n_train`` / ``n_val`` samples.  ``cifar100``, ``imagefolder`` (and the
-    other names of :data:`~dla_repro.data.readers.CLASSIFICATION_DATASETS`): the real
-    reader under ``data_root`` with its standard augmentation (timm's
-    RandomResizedCrop + flip for ImageFolder sets); ``n_train`` / ``n_val`` > 0
-    keep a fixed random subset, 0 keeps the whole split.
-    """
-    name = dataset.lower()
-    if name == "synthetic":
-        from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
-
-        config = SyntheticConfig(image_size=image_size)
-        data = make_splits(config, n_train=n_train, n_val=n_val, seed=seed, task="classification")
-        desc = (f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, "
-                f"{n_train} train / {n_val} val)")
-        return data, data.train.num_classes, desc
-    from ...data.readers import CLASSIFICATION_DATASETS, build_classification_dataset
-
-    if name not in CLASSIFICATION_DATASETS:
-        raise ValueError(f"dataset={dataset!r}: expected 'synthetic' or one of {CLASSIFICATION_DATASETS}")
-    if not data_root:
-        raise ValueError(f"dataset={dataset!r} needs data_root (the folder holding the dataset)")
-    train, num_classes = build_classification_dataset(name, data_root, "train", image_size, train=True)
-    val, _ = build_classification_dataset(name, data_root, "val", image_size, train=False)
-    train, val = _subset(train, n_train), _subset(val, n_val)
-    root = str(Path(data_root).expanduser().resolve())
-    digest = hashlib.sha256(f"{name}|{root}|{len(train)}|{len(val)}|{image_size}".encode()).hexdigest()[:16]
-    bundle = DataBundle(train, val, name=name, digest=digest, source=root)
-    desc = f"{name} ({root}, {image_size}px, {len(train)} train / {len(val)} val, {num_classes} classes)"
-    return bundle, num_classes, desc
-
-
-def train_config(**overrides) -> TrainConfig:
-    """A ``TrainConfig`` for the ablations (a progress bar per epoch, as every notebook's training)."""
-    return TrainConfig(**overrides)
 
 
 # ---------------------------------------------------------------------------- models
@@ -265,8 +210,8 @@ def run_ablation(
     fresh = [p for p in planned if len(previous(p.key)) < len(seeds)]
     runs, hist = [], []
     if fresh:
-        res = sweep(f"dla_{ablation}", [p.trial for p in fresh], data, config, seeds, ClassificationTask(),
-                    params={"ablation": ablation, **(params or {})})
+        res = study.run(f"dla_{ablation}", [p.trial for p in fresh], data, config, seeds, ClassificationTask(),
+                        params={"ablation": ablation, **(params or {})})
         results.sweeps[ablation] = res.sweep_run_id
         keys = {p.trial.name: p.key for p in fresh}
         r = res.runs.copy()
@@ -325,92 +270,95 @@ def learned_floor(num_classes: int) -> float:
     return 2.0 / num_classes
 
 
-def _compare(claim: str, a: Sequence[float], b: Sequence[float], **kwargs) -> Verdict:
-    """``compare`` with ``MIN_EFFECT`` -- except with a single seed on either side, where there is
-    no spread to judge the noise by: then no difference is large enough (inconclusive)."""
-    enough = len(a) >= 2 and len(b) >= 2
-    if kwargs.get("expect") != "equal":
-        kwargs["min_effect"] = MIN_EFFECT if enough else 0.0
-    return compare(claim, a, b, **kwargs)
+def claims(spec: ModelSpec, floor: float | None = None, metric: str = METRIC) -> list[Claim]:
+    """The paper's claims for the three ablations, declared before training (see the module docstring).
 
-
-def _values(runs: pd.DataFrame, trial: str, metric: str) -> pd.Series:
-    return runs[runs["trial"] == trial].set_index("seed")[metric].sort_index()
-
-
-def judge_claims(results: Results, metric: str = METRIC, k: float = 2.0, floor: float | None = None) -> pd.DataFrame:
-    """The paper's claims for every ablation that ran, as a verdict table (``claims_table``).
-
-    ``floor`` (``learned_floor(num_classes)``): a comparison involving a
-    configuration whose mean top-1 is at or below it is inconclusive.
+    Directional claims need :data:`MIN_EFFECT` top-1 besides the noise; a side at or
+    below ``floor`` (:func:`learned_floor`: twice chance) has not learned and makes
+    the claim inconclusive.  The residual-gain claim compares per-seed *differences*
+    (groups ``"deep gain"`` / ``"shallow gain"``, see :func:`judge_claims`).
     """
-    verdicts: list[tuple[str, str, Verdict]] = []
-    a = results.of("aggregation")
-    if len(a):
-        full = _values(a, "agg=full", metric) if "agg=full" in set(a["trial"]) else None
-        for mode in ("none", "ida", "hda"):
-            trial = f"agg={mode}"
-            if full is None or trial not in set(a["trial"]):
-                continue
-            v = _compare(f"full DLA (IDA+HDA) beats {mode} at matched params", full, _values(a, trial, metric),
-                        metric=metric, names=("full", mode), expect="greater", k=k, floor=floor)
-            verdicts.append(("aggregation", "IDA and HDA together give the best accuracy per parameter", v))
-    b = results.of("residual")
-    if len(b):
-        so, sn = _values(b, "shallow/residual=on", metric), _values(b, "shallow/residual=off", metric)
-        do, dn = _values(b, "deep/residual=on", metric), _values(b, "deep/residual=off", metric)
-        d_depth = int(b[b["tree"] == "deep"]["depth"].iloc[0])
-        s_depth = int(b[b["tree"] == "shallow"]["depth"].iloc[0])
-        paper = "the residual node helps when the deepest hierarchy has ≥ 4 levels, may hurt smaller ones"
-        verdicts.append(("residual", paper, _compare(
-            f"residual node helps the deep tree (depth {d_depth})", do, dn, metric=metric,
-            names=("residual", "plain"), expect="greater", k=k, floor=floor)))
-        verdicts.append(("residual", paper, _compare(
-            f"residual node does not help the shallow tree (depth {s_depth})", so, sn, metric=metric,
-            names=("residual", "plain"), expect="less", k=k, floor=floor)))
-        seeds = sorted(set(do.index) & set(dn.index) & set(so.index) & set(sn.index))
-        if seeds:
-            gain_deep, gain_shallow = (do - dn).loc[seeds], (so - sn).loc[seeds]
-            v = _compare("residual gain is larger for the deep tree than for the shallow one", gain_deep,
-                         gain_shallow, metric=f"Δ{metric}", names=("deep gain", "shallow gain"), expect="greater", k=k)
-            # the gains are differences, so the floor applies to the four trees behind them
-            note = floor_note(floor, {"deep/on": do, "deep/off": dn, "shallow/on": so, "shallow/off": sn})
+    aggregation = "IDA and HDA together give the best accuracy per parameter"
+    residual = "the residual node helps when the deepest hierarchy has ≥ 4 levels, may hurt smaller ones"
+    kernel = "1×1 aggregation nodes for classification (3×3 for dense prediction)"
+    common = dict(label=metric, min_effect=MIN_EFFECT, floor=floor)
+    out = [Claim(f"full DLA (IDA+HDA) beats {mode} at matched params", "agg=full", f"agg={mode}", metric,
+                 labels=("full", mode), family="aggregation", statement=aggregation, **common)
+           for mode in ("none", "ida", "hda")]
+    deep, shallow = _depth(spec.deep_levels), _depth(spec.shallow_levels)
+    out += [
+        Claim(f"residual node helps the deep tree (depth {deep})", "deep/residual=on", "deep/residual=off", metric,
+              labels=("residual", "plain"), family="residual", statement=residual, **common),
+        Claim(f"residual node does not help the shallow tree (depth {shallow})", "shallow/residual=on",
+              "shallow/residual=off", metric, expect="less", labels=("residual", "plain"), family="residual",
+              statement=residual, **common),
+        Claim("residual gain is larger for the deep tree than for the shallow one", "deep gain", "shallow gain",
+              metric, label=f"Δ{metric}", min_effect=MIN_EFFECT, family="residual", statement=residual),
+        Claim(f"3×3 nodes bring no gain over 1×1 (difference within ±{KERNEL_TOLERANCE:g})", "kernel=3x3",
+              "kernel=1x1", metric, expect="equal", tolerance=KERNEL_TOLERANCE, label=metric, floor=floor,
+              labels=("3×3", "1×1"), family="kernel", statement=kernel),
+    ]
+    return out
+
+
+def _residual_gains(runs: pd.DataFrame, metric: str) -> tuple[dict[str, list[float]], dict[str, pd.Series]]:
+    """Per-seed residual gains of the deep and the shallow tree (seeds all four trees share), and the four trees."""
+    if metric not in runs:
+        return {}, {}
+    trees = {name: runs[runs["trial"] == trial].set_index("seed")[metric].sort_index()
+             for name, trial in (("deep/on", "deep/residual=on"), ("deep/off", "deep/residual=off"),
+                                 ("shallow/on", "shallow/residual=on"), ("shallow/off", "shallow/residual=off"))}
+    seeds = sorted(set.intersection(*(set(t.index) for t in trees.values())))
+    if not seeds:
+        return {}, trees
+    gains = {"deep gain": (trees["deep/on"] - trees["deep/off"]).loc[seeds].tolist(),
+             "shallow gain": (trees["shallow/on"] - trees["shallow/off"]).loc[seeds].tolist()}
+    return gains, trees
+
+
+def judge_claims(results: Results, spec: ModelSpec, metric: str = METRIC, k: float = 2.0,
+                 floor: float | None = None) -> list[tuple[Claim, Verdict]]:
+    """Each claim of :func:`claims` whose trials ran, with its verdict.
+
+    The residual gains are differences, so ``floor`` applies to the four trees behind them.
+    """
+    declared = {c.text: c for c in claims(spec, floor, metric)}
+    gains, trees = _residual_gains(results.runs, metric)
+    judged = []
+    for v in study.judge(list(declared.values()), results.runs, gains, k=k):
+        if v.a == "deep gain":
+            note = floor_note(floor, {name: t.tolist() for name, t in trees.items()})
             if note:
                 v = dataclasses.replace(v, verdict=INCONCLUSIVE, note=note)
-            verdicts.append(("residual", paper, v))
-    c = results.of("kernel")
-    if len(c):
-        v = _compare(f"3×3 nodes bring no gain over 1×1 (difference within ±{KERNEL_TOLERANCE:g})",
-                    _values(c, "kernel=3x3", metric), _values(c, "kernel=1x1", metric), metric=metric,
-                    names=("3×3", "1×1"), expect="equal", k=k, tolerance=KERNEL_TOLERANCE, floor=floor)
-        verdicts.append(("kernel", "1×1 aggregation nodes for classification (3×3 for dense prediction)", v))
-    table = claims_table([v for _, _, v in verdicts])
+        judged.append((declared[v.claim], v))
+    return judged
+
+
+def claims_frame(judged: Sequence[tuple[Claim, Verdict]]) -> pd.DataFrame:
+    """The verdicts as a table, the ablation and the paper's statement first (``dla_classification_claims.csv``)."""
+    table = claims_table([v for _, v in judged])
     if len(table):
-        table.insert(0, "paper", [p for _, p, _ in verdicts])
-        table.insert(0, "ablation", [a for a, _, _ in verdicts])
+        table.insert(0, "paper", [c.statement for c, _ in judged])
+        table.insert(0, "ablation", [c.family for c, _ in judged])
     return table
 
 
-def claims_markdown(claims: pd.DataFrame, context: str = "") -> str:
-    """The closing cell: one line per claim, generated from the measured verdicts."""
-    if not len(claims):
+def claims_markdown(judged: Sequence[tuple[Claim, Verdict]], context: str = "") -> str:
+    """The closing cell: the shared claims table with the paper's statements, and how to read it."""
+    if not judged:
         return "No ablation ran, so no claim was tested."
-    lines = [f"**What this run shows** ({context})" if context else "**What this run shows**", "",
-             "| ablation | paper | tested here | ours (mean over seeds) | Δ ± SE | seeds | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for row in claims.itertuples():
-        se = "n/a" if np.isnan(row.se) else f"{row.se:.3f}"
-        ours = f"{row.a} {row.mean_a:.3f} vs {row.b} {row.mean_b:.3f}"
-        note = f" ({row.note})" if getattr(row, "note", "") else ""
-        lines.append(f"| {_LABELS.get(row.ablation, row.ablation)} | {row.paper} | {row.claim} | {ours} | "
-                     f"{row.delta:+.3f} ± {se} | {row.n_a}/{row.n_b} | **{row.verdict}**{note} |")
-    counts = claims["verdict"].value_counts()
-    lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ". "
-              "A claim is *reproduced* only when the mean difference has the claimed sign and exceeds twice its "
-              "seed standard error (and 0.005 top-1), and both sides learned (top-1 above twice chance); "
-              "*inconclusive at this budget* means the seed spreads overlap or a side did not learn -- more "
-              "seeds, data or epochs would be needed to tell."]
-    return "\n".join(lines)
+    head = f"**What this run shows** ({context})" if context else "**What this run shows**"
+    counts = pd.Series([v.verdict for _, v in judged]).value_counts()
+    footer = "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ". " + VERDICT_RULE
+    table = study.claims_markdown([v for _, v in judged], [f"{_LABELS[c.family]}: {c.statement}" for c, _ in judged],
+                                  footer=footer)
+    return head + "\n\n" + table
+
+
+VERDICT_RULE = ("A claim is *reproduced* only when the mean difference has the claimed sign and exceeds twice its "
+                "seed standard error (and 0.005 top-1), and both sides learned (top-1 above twice chance); "
+                "*inconclusive at this budget* means the seed spreads overlap or a side did not learn -- more "
+                "seeds, data or epochs would be needed to tell.")
 
 
 def paper_vs_ours(results: Results, spec: ModelSpec, dataset: str, metric: str = METRIC) -> pd.DataFrame:

@@ -1,0 +1,456 @@
+"""The study protocol: what every experiment of every paper does, written once.
+
+A *study* is one ablation of one paper: a trial table (name → how to build the
+model), trained for several seeds on one dataset, evaluated after training,
+summarised over seeds and judged against the paper's pre-declared claims.  A
+paper's module declares only what is its own -- the trials, the evaluation, the
+claims, the figures -- and calls these functions::
+
+    data = study.load_data("segmentation", dataset, data_root, image_size=64, n_train=1000, n_val=300)
+    trials = study.trial_table(TRIALS, ["fcn", "ida_up"], build_model, num_classes=data.num_classes)
+    result = study.run("dla_segmentation", trials, data, config, seeds, task, evaluate=per_class_iou)
+    result.model("ida_up", 0)                    # rebuilt from its recipe, final weights loaded
+    study.summarize(result.runs, ["val_miou"])   # mean / sd over seeds per trial
+    verdicts = study.judge(CLAIMS, result.runs)  # the shared verdict rule, per-seed values kept
+    study.claims_markdown(verdicts)              # the notebook's closing table
+
+Pieces:
+
+* :class:`StudyData` / :func:`load_data` -- one type for every study's data: the
+  built-in synthetic task (``classification``, ``segmentation`` or ``boundary``)
+  or a real dataset read from ``data_root`` in its on-disk format;
+* :func:`trial_table` -- :class:`~dla_repro.engine.Trial` objects from a table of
+  recipes; the recipe is the trial's ``build``, so it travels with the result;
+* :func:`run` -- trials × seeds through :func:`dla_repro.engine.sweep` (one MLflow
+  run each, nested under one sweep run), with an ``evaluate(model, data)`` hook
+  whose scalars join the result row (and the run's metrics) and whose other values
+  (curves, maps) are kept per ``(trial, seed)`` in :attr:`StudyResult.artifacts`;
+* :func:`summarize` -- mean / standard deviation / seeds per trial;
+* :class:`Claim` + :func:`judge` + :func:`claims_markdown` -- claims declared as
+  data before training, judged by :func:`dla_repro.analysis.claims.compare` from
+  per-seed values, shown as one Markdown table.
+
+Knows no paper: the paper modules under ``experiments/<paper>/`` say what is run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..analysis.claims import INCONCLUSIVE, Verdict, compare
+from ..engine import DataBundle, TrainConfig, Trial, sweep
+
+__all__ = [
+    "TASKS",
+    "StudyData",
+    "load_data",
+    "trial_table",
+    "StudyResult",
+    "run",
+    "summarize",
+    "Claim",
+    "judge",
+    "claims_markdown",
+]
+
+TASKS = ("classification", "segmentation", "boundary")
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class StudyData:
+    """What a study trains on and is evaluated against.
+
+    ``splits`` is what ``fit`` accepts (``train`` / ``val``); ``val`` the evaluation
+    split, one ``(image, target)`` at a time.  ``synthetic`` is the
+    ``SyntheticConfig`` of the built-in data (``None`` on real data).  Boundary
+    data adds ``gts`` (per validation image, every annotator's boolean map) and
+    ``positive_fraction`` (the share of edge pixels).  ``mean`` / ``std``: the
+    input normalisation, to draw images.
+    """
+
+    task: str
+    splits: Any
+    num_classes: int
+    class_names: list[str]
+    description: str  # one line for captions and the sweep's parameters
+    synthetic: Any = None
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    gts: list[list[np.ndarray]] | None = None
+    positive_fraction: float = float("nan")
+    eval_split: str = "val"
+    eval_set: Any = None  # the evaluation dataset when ``splits.val`` is a loader (BSDS: one image per batch)
+
+    @property
+    def val(self):
+        """The evaluation dataset."""
+        if self.eval_set is not None:
+            return self.eval_set
+        return self.splits.val if hasattr(self.splits, "val") else self.splits[1]
+
+    @property
+    def context_classes(self) -> tuple[int, ...]:
+        """Synthetic data: the classes only the scene colour tells apart (none on real data)."""
+        return tuple(self.synthetic.context_classes()) if self.synthetic is not None else ()
+
+    def image(self, x: torch.Tensor) -> np.ndarray:
+        """A normalised ``C×H×W`` tensor back to an ``H×W×3`` array in [0, 1] for ``imshow``."""
+        m = torch.as_tensor(self.mean, dtype=x.dtype)[:, None, None]
+        s = torch.as_tensor(self.std, dtype=x.dtype)[:, None, None]
+        return (x * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    def images(self, n: int) -> list[np.ndarray]:
+        """The first ``n`` evaluation images as ``H×W×3`` arrays in [0, 1]."""
+        val = self.val
+        return [self.image(val[i][0]) for i in range(min(n, len(val)))]
+
+
+def _subset(ds: torch.utils.data.Dataset, n: int) -> torch.utils.data.Dataset:
+    """The first ``n`` samples of a shuffled-once order (fixed seed); all when ``n`` ≤ 0."""
+    if n <= 0 or n >= len(ds):
+        return ds
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    return torch.utils.data.Subset(ds, order.tolist())
+
+
+def load_data(
+    task: str,
+    dataset: str = "synthetic",
+    data_root: str = "",
+    *,
+    image_size: int = 64,
+    n_train: int = 1000,
+    n_val: int = 300,
+    seed: int = 0,
+    crop_size: int = 0,
+    scale: float = 2.0,
+    rotate: float = 0.0,
+) -> StudyData:
+    """The study's data: the synthetic ``task`` or a real dataset under ``data_root``.
+
+    ``synthetic`` (default): :func:`dla_repro.data.synthetic.make_splits` with the
+    frozen generator at ``image_size``, ``n_train`` / ``n_val`` samples from ``seed``.
+    Real data, by task:
+
+    * ``classification`` -- CIFAR-100 / ImageFolder readers with their standard
+      augmentation; ``n_train`` / ``n_val`` > 0 keep a fixed random subset, 0 all;
+    * ``segmentation`` -- the training split with the DLA augmentation (random
+      scale in ``[1/scale, scale]``, rotation in ``±rotate``°, a ``crop_size`` crop
+      (0: ``image_size``), flip); the evaluation split read whole (``test`` for
+      SiftFlow, ``val`` otherwise);
+    * ``boundary`` -- BSDS500: the same training augmentation; ``val`` at full size
+      (one image per batch: portrait and landscape differ), every annotator's map.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: expected one of {', '.join(TASKS)}")
+    if dataset.lower() == "synthetic":
+        return _synthetic(task, image_size, n_train, n_val, seed)
+    if not data_root:
+        raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
+    if task == "classification":
+        return _real_classification(dataset.lower(), data_root, image_size, n_train, n_val)
+    return _real_dense(task, dataset, data_root, crop_size or image_size, scale, rotate)
+
+
+def _synthetic(task: str, image_size: int, n_train: int, n_val: int, seed: int) -> StudyData:
+    from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
+
+    config = SyntheticConfig(image_size=image_size)
+    splits = make_splits(config, n_train, n_val, seed, task=task)
+    desc = (f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, "
+            f"{n_train} train / {n_val} val)")
+    data = StudyData(task, splits, splits.train.num_classes, list(splits.train.class_names), desc, config,
+                     tuple(config.mean), tuple(config.std))
+    if task == "boundary":
+        data.gts = [[b.numpy().astype(bool)] for b in splits.val.boundaries]  # one annotator
+        data.positive_fraction = float(splits.train.boundaries.float().mean())
+    return data
+
+
+def _real_classification(name: str, data_root: str, image_size: int, n_train: int, n_val: int) -> StudyData:
+    from ..data.readers import CLASSIFICATION_DATASETS, build_classification_dataset
+
+    if name not in CLASSIFICATION_DATASETS:
+        raise ValueError(f"dataset={name!r}: expected 'synthetic' or one of {CLASSIFICATION_DATASETS}")
+    train, num_classes = build_classification_dataset(name, data_root, "train", image_size, train=True)
+    val, _ = build_classification_dataset(name, data_root, "val", image_size, train=False)
+    train, val = _subset(train, n_train), _subset(val, n_val)
+    root = str(Path(data_root).expanduser().resolve())
+    digest = hashlib.sha256(f"{name}|{root}|{len(train)}|{len(val)}|{image_size}".encode()).hexdigest()[:16]
+    desc = f"{name} ({root}, {image_size}px, {len(train)} train / {len(val)} val, {num_classes} classes)"
+    names = list(getattr(train, "classes", None) or [str(k) for k in range(num_classes)])
+    return StudyData("classification", DataBundle(train, val, name=name, digest=digest, source=root), num_classes,
+                     names, desc)
+
+
+def _real_dense(task: str, dataset: str, data_root: str, crop: int, scale: float, rotate: float) -> StudyData:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torch.utils.data import DataLoader
+
+    from ..data.readers import build_segmentation_dataset
+
+    train, num_classes = build_segmentation_dataset(dataset, data_root, "train", train=True, crop_size=crop,
+                                                    scale=scale, rotate=rotate)
+    eval_split = "test" if dataset.lower() == "siftflow" else "val"
+    val, _ = build_segmentation_dataset(dataset, data_root, eval_split, train=False)
+    names = list(getattr(train, "classes", [str(k) for k in range(num_classes)]))
+    desc = (f"{dataset} ({data_root}; {len(train)} train / {len(val)} {eval_split}; crop {crop}, "
+            f"rotate ±{rotate:g}°, scale {scale:g})")
+    name, digest, source = getattr(train, "name", dataset), getattr(train, "digest", None), str(data_root)
+    if task == "segmentation":
+        return StudyData(task, DataBundle(train, val, name, digest, source), num_classes, names, desc,
+                         mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD), eval_split=eval_split)
+    if not hasattr(val, "annotator_boundaries"):
+        raise ValueError(f"dataset {dataset!r} has no boundary annotators; use bsds500")
+    gts = [[np.asarray(b, bool) for b in val.annotator_boundaries(i)] for i in range(len(val))]
+    pos = float(np.mean([np.mean(np.mean(g, axis=0) >= 0.5) for g in gts]))
+    bundle = DataBundle(train, DataLoader(val, batch_size=1, shuffle=False), name, digest, source)
+    return StudyData(task, bundle, num_classes, names, desc, mean=tuple(IMAGENET_DEFAULT_MEAN),
+                     std=tuple(IMAGENET_DEFAULT_STD), gts=gts, positive_fraction=pos, eval_split=eval_split,
+                     eval_set=val)
+
+
+# ---------------------------------------------------------------------------- trials
+def trial_table(
+    table: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    build: Callable[..., nn.Module],
+    *,
+    logged: Mapping[str, Any] | None = None,
+    **shared: Any,
+) -> list[Trial]:
+    """One :class:`~dla_repro.engine.Trial` per name of ``table`` (a ``name → recipe`` mapping).
+
+    Trial ``n`` builds ``build(**table[n], **shared)`` (a ``functools.partial``: the
+    recipe is the trial's ``build`` and travels with the result, see
+    :meth:`StudyResult.model`).  Its MLflow parameters and result columns are the
+    recipe plus ``logged`` (default: ``shared``).  Unknown names: a ``ValueError``
+    listing the known ones, before anything trains.
+    """
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown trials {unknown}; known: {', '.join(table)}")
+    logged = dict(shared) if logged is None else dict(logged)
+    return [Trial(n, {**table[n], **logged}, functools.partial(build, **table[n], **shared)) for n in names]
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class StudyResult:
+    """One row per ``(trial, seed)`` (``runs``) and per epoch (``history``), plus what rebuilds the models."""
+
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    trials: dict[str, Trial]
+    fits: dict[tuple[str, int], Any]
+    artifacts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    sweep_run_id: str | None = None
+
+    def model(self, trial: str, seed: int) -> nn.Module:
+        """The final model of ``(trial, seed)``: rebuilt from the trial's recipe, weights loaded (CPU, eval mode)."""
+        if (trial, seed) not in self.fits:
+            raise KeyError(f"no run for trial {trial!r} with seed {seed}; ran {sorted(self.fits)}")
+        model = self.trials[trial].build()
+        state = torch.load(self.fits[(trial, seed)].weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model.eval()
+
+    def values(self, trial: str, metric: str) -> list[float]:
+        """Per-seed values of ``metric`` for ``trial``, in seed order (the input of a claim)."""
+        return _values(self.runs, trial, metric)
+
+
+def run(
+    name: str,
+    trials: Sequence[Trial],
+    data: StudyData | Any,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    task: Any = None,
+    *,
+    evaluate: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> StudyResult:
+    """Train every trial with every seed (:func:`dla_repro.engine.sweep` under the sweep run ``name``).
+
+    ``evaluate(model, data)`` runs on each final model: its scalar values join the
+    result row and are logged as metrics of that training run; any other value (a
+    PR curve, edge maps) is kept in ``result.artifacts[(trial, seed)]``.  ``params``
+    are logged on the sweep run; the data's description is added as ``data``.
+    """
+    splits = data.splits if isinstance(data, StudyData) else data
+    shared = dict(params or {})
+    if isinstance(data, StudyData):
+        shared = {"data": data.description, **shared}
+    hook = None if evaluate is None else functools.partial(_call_evaluate, evaluate, data)
+    res = sweep(name, trials, splits, config, seeds, task, params=shared, evaluate=hook)
+    return StudyResult(res.runs, res.history, {t.name: t for t in trials}, res.fits, res.artifacts,
+                       res.sweep_run_id)
+
+
+def _call_evaluate(evaluate: Callable, data: Any, model: nn.Module, _fit_result: Any) -> Mapping[str, Any]:
+    return evaluate(model, data)
+
+
+# ---------------------------------------------------------------------------- tables
+def summarize(
+    runs: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    by: str | Sequence[str] = "trial",
+    first: Sequence[str] = (),
+    stats: Sequence[str] = ("mean", "std"),
+) -> pd.DataFrame:
+    """Per group (default: per trial, in the order of the runs): ``<metric>_<stat>`` over seeds.
+
+    ``first`` columns are copied from the group's first row (settings such as
+    ``n_params`` or ``fusion``); ``seeds`` counts the rows.  Metrics absent from
+    ``runs`` are skipped; the standard deviation of one seed is NaN.
+    """
+    keys = [by] if isinstance(by, str) else list(by)
+    present = [m for m in metrics if m in runs]
+    g = runs.groupby(keys, sort=False)
+    out = g.size().rename("seeds").to_frame()
+    for col in first:
+        if col in runs:
+            out[col] = g[col].first()
+    for m in present:
+        for s in stats:
+            out[f"{m}_{s}"] = g[m].agg(s)
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------------------- claims
+@dataclass(frozen=True)
+class Claim:
+    """A paper's statement as a test, declared before training.
+
+    ``a`` is ``expect``-ed to be ``greater`` / ``less`` than / ``equal`` (within
+    ``tolerance``) to ``b`` on ``metric`` -- one column of the runs, or several
+    columns averaged per seed (e.g. the IoU of the fine classes).  ``a`` and ``b``
+    name trials (or groups handed to :func:`judge`).  ``min_effect`` is the
+    smallest difference of interest; ``floor`` the value at or below which a side
+    has not learned (no verdict then).  ``family`` / ``statement`` group claims
+    under the paper's sentence they test; ``labels`` name the sides in the table;
+    ``undefined`` says why a metric can be undefined for a model.
+    """
+
+    text: str
+    a: str
+    b: str
+    metric: str | tuple[str, ...]
+    expect: str = "greater"
+    min_effect: float = 0.0
+    tolerance: float | None = None
+    floor: float | None = None
+    label: str = ""  # the metric as shown in the table (default: the column name)
+    labels: tuple[str, str] | None = None
+    family: str = ""
+    statement: str = ""
+    undefined: str = ""  # why a side can have no value, shown when it has none
+
+
+def _values(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[float]:
+    """Finite per-seed values of ``metric`` (a column, or columns averaged per seed) for ``trial``."""
+    df = runs[runs["trial"] == trial]
+    if "seed" in df:
+        df = df.sort_values("seed", kind="stable")
+    if isinstance(metric, str):
+        if metric not in df:
+            return []
+        vals = df[metric]
+    else:
+        vals = df[list(metric)].mean(axis=1, skipna=True)
+    return [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+
+
+def _has(runs: pd.DataFrame, metric: str | Sequence[str]) -> bool:
+    cols = [metric] if isinstance(metric, str) else list(metric)
+    return bool(cols) and all(c in runs for c in cols)
+
+
+def judge(
+    claims: Sequence[Claim],
+    runs: pd.DataFrame,
+    groups: Mapping[str, Sequence[float]] | None = None,
+    *,
+    k: float = 2.0,
+) -> list[Verdict]:
+    """Each claim whose two sides ran, judged by :func:`~dla_repro.analysis.claims.compare`.
+
+    A side is a trial of ``runs`` or a named group of values in ``groups`` (e.g. a
+    baseline measured outside the sweep).  Claims whose sides or metric are absent
+    are skipped (the trial was not run in this profile).  A side with no finite
+    value (a metric undefined for that model) gives an inconclusive verdict that
+    says so.  With a single seed on either side no difference is large enough: the
+    spread cannot be judged (inconclusive).  The per-seed values are kept in the
+    verdict's ``values_a`` / ``values_b``.
+    """
+    groups = dict(groups or {})
+    trials = set(runs["trial"]) if "trial" in runs else set()
+    out: list[Verdict] = []
+    for c in claims:
+        sides = []
+        for side in (c.a, c.b):
+            if side in groups:
+                sides.append([float(v) for v in groups[side]])
+            elif side in trials and _has(runs, c.metric):
+                sides.append(_values(runs, side, c.metric))
+            else:
+                sides.append(None)
+        if None in sides:
+            continue
+        xa, xb = sides
+        names = c.labels or (c.a, c.b)
+        label = c.label or (c.metric if isinstance(c.metric, str) else ", ".join(c.metric))
+        if not xa or not xb:
+            nan = float("nan")
+            undefined = " and ".join(n for n, x in zip(names, (xa, xb)) if not x)
+            why = f" ({c.undefined})" if c.undefined else ""
+            out.append(Verdict(c.text, label, names[0], names[1], float(np.mean(xa)) if xa else nan,
+                               float(np.mean(xb)) if xb else nan, nan, nan, len(xa), len(xb), c.expect,
+                               INCONCLUSIVE, note=f"{label} undefined for {undefined}{why}", values_a=tuple(xa),
+                               values_b=tuple(xb)))
+            continue
+        enough = len(xa) >= 2 and len(xb) >= 2
+        out.append(compare(c.text, xa, xb, metric=label, names=names, expect=c.expect, k=k,
+                           min_effect=c.min_effect if enough and c.expect != "equal" else 0.0,
+                           tolerance=c.tolerance, floor=c.floor))
+    return out
+
+
+def claims_markdown(verdicts: Sequence[Verdict], statements: Sequence[str] | None = None, *,
+                    footer: str = "", empty: str = "_No claim could be tested with the trials that ran._") -> str:
+    """The verdicts as one Markdown table (for ``IPython.display.Markdown``); ``statements`` adds the
+    paper's sentence each claim tests as a first column."""
+    if not verdicts:
+        return empty
+
+    def num(x: float, fmt: str = ".3f") -> str:
+        return "n/a" if x is None or math.isnan(x) else format(x, fmt)
+
+    head = "| claim | metric | A | B | mean A | mean B | Δ (A−B) | SE | seeds | verdict |"
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
+    if statements is not None:
+        head, rule = "| paper | " + head[2:], "|---" + rule
+    lines = [head, rule]
+    for i, v in enumerate(verdicts):
+        note = f" ({v.note})" if v.note else ""
+        row = (f"| {v.claim} | {v.metric} | {v.a} | {v.b} | {num(v.mean_a)} | {num(v.mean_b)} | "
+               f"{num(v.delta, '+.3f')} | {num(v.se)} | {v.n_a}/{v.n_b} | **{v.verdict}**{note} |")
+        lines.append(f"| {statements[i]} " + row if statements is not None else row)
+    if footer:
+        lines += ["", footer]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The study protocol (experiments/study.py): data, trial tables, runs with artifacts, summaries, claims."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from dla_repro.engine import ClassificationTask, TrainConfig
+from dla_repro.experiments import study
+from dla_repro.experiments.study import Claim
+
+
+class _Linear(nn.Module):
+    def __init__(self, num_classes: int, width: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, width), nn.ReLU(),
+                                 nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_load_data_gives_one_type_for_every_task():
+    for task in study.TASKS:
+        data = study.load_data(task, image_size=32, n_train=8, n_val=4)
+        assert isinstance(data, study.StudyData) and data.task == task and len(data.val) == 4
+        assert data.description.startswith("synthetic (") and "8 train / 4 val" in data.description
+        assert data.num_classes == len(data.class_names) and data.synthetic is not None
+    seg = study.load_data("segmentation", image_size=32, n_train=8, n_val=4)
+    assert seg.context_classes and seg.images(2)[0].shape == (32, 32, 3)
+    edges = study.load_data("boundary", image_size=32, n_train=8, n_val=4)
+    assert len(edges.gts) == 4 and 0 < edges.positive_fraction < 0.5 and edges.num_classes == 2
+    with pytest.raises(ValueError, match="task="):
+        study.load_data("detection")
+    with pytest.raises(ValueError, match="needs data_root"):
+        study.load_data("segmentation", "camvid")
+
+
+def test_trial_table_builds_from_recipes_and_rejects_unknown_names():
+    table = {"narrow": {"width": 2}, "wide": {"width": 8}}
+    trials = study.trial_table(table, ["wide", "narrow"], _Linear, num_classes=3)
+    assert [t.name for t in trials] == ["wide", "narrow"]
+    assert trials[0].params == {"width": 8, "num_classes": 3}  # the recipe plus the shared settings
+    assert trials[0].build().net[2].out_features == 8 and trials[1].build().net[2].out_features == 2
+    assert study.trial_table(table, ["wide"], _Linear, logged={}, num_classes=3)[0].params == {"width": 8}
+    with pytest.raises(ValueError, match="unknown trials.*known: narrow, wide"):
+        study.trial_table(table, ["wide", "huge"], _Linear, num_classes=3)
+
+
+def test_run_keeps_scalars_in_rows_artifacts_aside_and_rebuilds_models():
+    data = study.load_data("classification", image_size=32, n_train=16, n_val=8)
+    trials = study.trial_table({"narrow": {"width": 2}, "wide": {"width": 8}}, ["narrow", "wide"], _Linear,
+                               num_classes=data.num_classes)
+    seen = []
+
+    def evaluate(model, d):
+        seen.append(d)
+        with torch.no_grad():
+            logits = torch.cat([model(x[None]) for x, _ in (d.val[i] for i in range(len(d.val)))])
+        return {"mean_logit": float(logits.mean()), "logits": logits.numpy(), "table": pd.DataFrame({"a": [1]})}
+
+    config = TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-2, progress=False)
+    result = study.run("toy", trials, data, config, [0, 1], ClassificationTask(), evaluate=evaluate)
+    assert all(d is data for d in seen) and len(seen) == 4  # the hook sees the study's data
+    assert list(result.runs["trial"]) == ["narrow", "narrow", "wide", "wide"]
+    assert result.runs["mean_logit"].notna().all() and "logits" not in result.runs
+    assert set(result.artifacts) == {("narrow", 0), ("narrow", 1), ("wide", 0), ("wide", 1)}
+    assert result.artifacts[("wide", 1)]["logits"].shape == (8, data.num_classes)
+    # a trained model comes back from its recipe and weights, without re-sending any argument
+    model = result.model("wide", 1)
+    with torch.no_grad():
+        x = torch.stack([data.val[i][0] for i in range(len(data.val))])
+        again = model(x).numpy()
+    np.testing.assert_allclose(again, result.artifacts[("wide", 1)]["logits"], rtol=0, atol=1e-6)
+    assert not model.training and model.net[2].out_features == 8
+    assert result.values("wide", "mean_logit") == list(result.runs[result.runs.trial == "wide"]["mean_logit"])
+    with pytest.raises(KeyError, match="no run for trial 'wide' with seed 7"):
+        result.model("wide", 7)
+
+
+def test_summarize_is_mean_and_sd_over_seeds_in_run_order():
+    runs = pd.DataFrame({"trial": ["b", "b", "a"], "seed": [0, 1, 0], "acc": [0.2, 0.4, 0.5], "n": [7, 7, 3]})
+    table = study.summarize(runs, ["acc", "missing"], first=["n"])
+    assert list(table["trial"]) == ["b", "a"] and list(table["seeds"]) == [2, 1] and list(table["n"]) == [7, 3]
+    assert table.loc[0, "acc_mean"] == pytest.approx(0.3) and table.loc[0, "acc_std"] == pytest.approx(math.sqrt(0.02))
+    assert math.isnan(table.loc[1, "acc_std"]) and "missing_mean" not in table
+
+
+def _runs(values: dict[str, list[float]], metric: str = "m") -> pd.DataFrame:
+    return pd.DataFrame([{"trial": t, "seed": s, metric: v} for t, vals in values.items() for s, v in enumerate(vals)])
+
+
+def test_judge_applies_the_shared_rule_and_keeps_per_seed_values():
+    runs = _runs({"a": [0.50, 0.52, 0.51], "b": [0.30, 0.31, 0.29], "c": [0.505, 0.515, 0.51]})
+    claims = [
+        Claim("a beats b", "a", "b", "m", min_effect=0.01),
+        Claim("b beats a", "b", "a", "m", min_effect=0.01),
+        Claim("a ≈ c", "a", "c", "m", expect="equal", tolerance=0.02),
+        Claim("a beats a never-run trial", "a", "zzz", "m"),  # skipped: the trial did not run
+        Claim("a beats the baseline", "a", "base", "m", labels=("a", "baseline (fixed)")),
+        Claim("on another metric", "a", "b", "other"),  # skipped: not measured
+    ]
+    verdicts = study.judge(claims, runs, {"base": [0.6, 0.6, 0.6]})
+    assert [v.claim for v in verdicts] == ["a beats b", "b beats a", "a ≈ c", "a beats the baseline"]
+    assert [v.verdict for v in verdicts] == [REPRODUCED, NOT_REPRODUCED, REPRODUCED, NOT_REPRODUCED]
+    assert verdicts[0].values_a == pytest.approx((0.50, 0.52, 0.51)) and verdicts[3].b == "baseline (fixed)"
+    # one seed on a side: the spread cannot be judged, whatever the difference
+    one = study.judge([Claim("a beats b", "a", "b", "m", min_effect=0.01)], _runs({"a": [0.9], "b": [0.1, 0.1]}))
+    assert one[0].verdict == INCONCLUSIVE
+    # a metric undefined for one side: inconclusive, saying why, the measured side still reported
+    nan = float("nan")
+    undefined = study.judge([Claim("lower error", "a", "b", "m", expect="less", undefined="never found it")],
+                            _runs({"a": [nan, nan], "b": [0.4, 0.5]}))
+    assert undefined[0].verdict == INCONCLUSIVE and undefined[0].n_a == 0
+    assert undefined[0].note == "m undefined for a (never found it)" and undefined[0].mean_b == pytest.approx(0.45)
+    # several columns: averaged per seed, NaN skipped
+    cols = pd.DataFrame({"trial": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "x": [0.4, 0.6, 0.0, 0.1],
+                         "y": [nan, 0.8, 0.1, 0.1]})
+    (v,) = study.judge([Claim("a beats b on x,y", "a", "b", ("x", "y"), label="IoU(x, y)")], cols)
+    assert v.values_a == pytest.approx((0.4, 0.7)) and v.metric == "IoU(x, y)"
+
+
+def test_claims_markdown_is_one_table_with_optional_statements():
+    verdicts = study.judge([Claim("a beats b", "a", "b", "m"), Claim("a ≈ b", "a", "b", "m", expect="equal",
+                                                                      tolerance=0.5)],
+                           _runs({"a": [0.5, 0.6], "b": [0.1, 0.2]}))
+    text = study.claims_markdown(verdicts, footer="rule")
+    lines = text.splitlines()
+    assert lines[0].startswith("| claim |") and len(lines) == 2 + 2 + 2 and lines[-1] == "rule"
+    assert "**reproduced**" in lines[2] and "+0.400" in lines[2]
+    with_paper = study.claims_markdown(verdicts, ["the paper says so", "and this"])
+    assert with_paper.splitlines()[0].startswith("| paper | claim |")
+    assert with_paper.splitlines()[2].startswith("| the paper says so | a beats b |")
+    assert study.claims_markdown([]).startswith("_No claim")
