@@ -42,10 +42,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..paths import results_dir
 from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, SyntheticDataset, make_splits
+from ..metrics.segmentation import confusion_matrix, iou_from_confusion
+from ..paths import results_dir
 
-__all__ = ["CALIBRATION_TABLE", "calibrate", "load_calibration", "scene_evidence", "confusion_matrix", "main"]
+__all__ = ["CALIBRATION_TABLE", "calibrate", "load_calibration", "scene_evidence", "main"]
 
 CALIBRATION_TABLE = "synthetic_calibration.csv"
 COLUMNS = [
@@ -89,19 +90,6 @@ def scene_evidence(
         valid = (share[:, 0] >= min_background).float() if masks is not None else torch.ones_like(hit)
         out[k] = ((hit * valid).sum() / valid.sum().clamp(min=1)).item()
     return out
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """C×C counts, rows = target, columns = prediction."""
-    flat = target.flatten().long() * num_classes + pred.flatten().long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def _iou(cm: torch.Tensor) -> torch.Tensor:
-    cm = cm.double()
-    tp = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
 @torch.no_grad()
@@ -192,11 +180,11 @@ def calibrate(
                 params={"model": "plain", "data_digest": config.digest()})
             seconds = time.perf_counter() - t0
             target = val.masks.long()
-            cm = confusion_matrix(_predict(model, val.images), target, c)
-            iou = _iou(cm)
+            cm = confusion_matrix(_predict(model, val.images), target, c, ignore_index=None)
+            iou = iou_from_confusion(cm)
             majority = int(torch.bincount(target.flatten(), minlength=c).argmax())
-            cm_major = confusion_matrix(torch.full_like(target, majority), target, c)
-            add("segmentation", "miou", torch.nanmean(iou), torch.nanmean(_iou(cm_major)), seconds)
+            cm_major = confusion_matrix(torch.full_like(target, majority), target, c, ignore_index=None)
+            add("segmentation", "miou", torch.nanmean(iou), torch.nanmean(iou_from_confusion(cm_major)), seconds)
             add("segmentation", "pixel_acc", cm.diag().sum() / cm.sum(), cm_major.diag().sum() / cm_major.sum(),
                 seconds)
             names = config.mask_names
