@@ -1,4 +1,4 @@
-"""Parameters and MACs with FlopCounterMode, against timm and PAPERS.md."""
+"""Parameters and MACs with FlopCounterMode, against timm and the reference table."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_extent_threshold():
 
 
 def test_fcn_vgg16_fc7_field_is_404_as_in_parsenet():
-    """PAPERS.md §2: the theoretical field of FCN-VGG's fc7 is 404×404 (one float64 pass at 416 px)."""
+    """ParseNet (arXiv 1506.04579): the theoretical field of FCN-VGG's fc7 is 404×404 (one float64 pass at 416 px)."""
     from dla_repro.models.parsenet import vgg16_fcn
 
     model = vgg16_fcn(num_classes=2, fc_channels=4)  # fc width does not change the field

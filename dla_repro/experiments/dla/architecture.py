@@ -1,4 +1,4 @@
-"""The DLA variants side by side: our parameter/MAC counts against timm and PAPERS.md.
+"""The DLA variants side by side: our parameter/MAC counts against timm and the reference numbers.
 
 Everything is counted on the ``meta`` device (shapes only), so tabulating all
 ten variants at 224x224 takes a few seconds on a CPU and needs no weights.
@@ -23,7 +23,7 @@ def _pct(ours: float, ref) -> object:
 
 def architecture_table(variants: Optional[Sequence[str]] = None, image_size: int = 224):
     """One row per variant: configuration, our params/GMACs, timm's params (from
-    timm's own model), the reference figures (PAPERS.md §1, ``"n/a"`` where
+    timm's own model), the reference figures (``experiments/dla/reference.py``: timm's ImageNet results and benchmark tables, ``"n/a"`` where
     unknown) and the differences in percent.
 
     Columns: variant, levels, channels, block, cardinality, residual_root,
