@@ -1,21 +1,32 @@
-"""Mean intersection-over-union from a dataset-level confusion matrix.
+"""Mean intersection-over-union from a dataset-level confusion matrix -- the one copy.
 
-The Cityscapes / mmseg definition (PAPERS.md, "Metrics"): accumulate one C×C
-confusion matrix ``M`` over the whole dataset (rows: ground truth, columns:
-prediction), skipping pixels whose target is the ignore label (255); then per
-class
+Definitions of FCN (Long, Shelhamer, Darrell, arXiv 1411.4038, §5 "Results",
+the metrics paragraph), as evaluated by the Cityscapes benchmark and
+mmsegmentation: accumulate one C×C confusion matrix ``M`` over the whole dataset
+(rows: ground truth, columns: prediction), skipping pixels whose target is the
+ignore label (``dla_repro.labels.IGNORE_INDEX``, 255); then per class
 
     IoU_c = M_cc / (Σ_j M_cj + Σ_i M_ic − M_cc)        (TP / (TP + FN + FP))
 
 and mIoU is the mean of IoU_c over the classes with a non-empty union (classes
-present in the ground truth or the prediction). A class that appears in neither
-has no IoU (NaN in ``iou_per_class``) and is left out of the mean. Pixel accuracy
-is ``trace(M) / ΣM``; mean class accuracy averages ``M_cc / Σ_j M_cj`` over the
-classes present in the ground truth.
+present in the ground truth or the prediction; mmsegmentation's ``nanmean``). A
+class that appears in neither has no IoU (NaN in ``iou_per_class``) and is left
+out of the mean. Pixel accuracy is ``trace(M) / ΣM``; mean class accuracy
+averages ``M_cc / Σ_j M_cj`` over the classes present in the ground truth.
 
 Per-class IoU and macro mIoU agree with torchmetrics' ``MulticlassJaccardIndex``
 (``ignore_index=255``), which also drops classes with an empty union from its
 macro average but reports their per-class IoU as 0 instead of NaN.
+
+What to call:
+
+* ``confusion_matrix(pred_or_logits, target, C)`` -- one batch's counts;
+* ``iou_from_confusion(M)`` -- IoU per class (NaN where undefined);
+* ``scores_from_confusion(M)`` -- ``miou``, ``iou_per_class``, ``pixel_acc``, ``mean_acc``;
+* ``SegmentationMetrics(C)`` -- the streaming evaluator (``update`` / ``compute`` /
+  ``sync``) the engine's ``SegmentationTask`` uses;
+* ``dataset_confusion(model, dataset, C)`` -- run a model over a dataset and
+  return its confusion matrix (eval mode, fixed order, counts on the CPU).
 """
 
 from __future__ import annotations
@@ -23,8 +34,20 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["confusion_matrix", "scores_from_confusion", "SegmentationMetrics"]
+from ..labels import IGNORE_INDEX
+from ..outputs import main_output
+
+__all__ = [
+    "IGNORE_INDEX",
+    "confusion_matrix",
+    "iou_from_confusion",
+    "scores_from_confusion",
+    "SegmentationMetrics",
+    "dataset_confusion",
+]
 
 
 def _labels(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,13 +62,14 @@ def _labels(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def confusion_matrix(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = 255
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = IGNORE_INDEX
 ) -> torch.Tensor:
     """``num_classes × num_classes`` int64 counts, rows = target class, columns = predicted class.
 
     ``pred``: labels shaped like ``target`` or logits with a class dimension at 1.
-    Target pixels equal to ``ignore_index`` are skipped; any other target or
-    prediction outside ``0..num_classes-1`` is an error.
+    Target pixels equal to ``ignore_index`` are skipped (``None``: nothing is);
+    any other target or prediction outside ``0..num_classes-1`` is an error.
+    The counts live on ``pred``'s device.
     """
     pred = _labels(torch.as_tensor(pred), torch.as_tensor(target))
     target = torch.as_tensor(target, device=pred.device)
@@ -64,14 +88,25 @@ def confusion_matrix(
     return torch.bincount(target * c + pred, minlength=c * c).view(c, c)
 
 
+def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
+    """IoU per class as float64, ``TP / (TP + FP + FN)``; NaN for a class with an empty union."""
+    m = confusion.double()
+    tp = m.diagonal()
+    union = m.sum(1) + m.sum(0) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
 def scores_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
-    """``miou``, ``iou_per_class`` (NaN where the union is empty), ``pixel_acc``, ``mean_acc``."""
+    """``miou``, ``iou_per_class`` (float64 tensor, NaN where the union is empty), ``pixel_acc``, ``mean_acc``.
+
+    ``miou`` averages the classes with a defined IoU; every score is NaN when
+    ``confusion`` holds no pixel.
+    """
     m = confusion.double()
     tp = m.diagonal()
     gt = m.sum(1)
-    union = gt + m.sum(0) - tp
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    present = union > 0
+    iou = iou_from_confusion(confusion)
+    present = ~torch.isnan(iou)
     total = m.sum()
     return {
         "miou": float(iou[present].mean()) if bool(present.any()) else float("nan"),
@@ -92,7 +127,12 @@ class SegmentationMetrics:
     matrix over DDP ranks. The matrix lives on the device of the first batch.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = IGNORE_INDEX,
+        class_names: Sequence[str] | None = None,
+    ):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes, self.ignore_index = int(num_classes), ignore_index
@@ -135,3 +175,32 @@ class SegmentationMetrics:
         names = self.class_names or [str(c) for c in range(self.num_classes)]
         scores["iou_per_class"] = dict(zip(names, scores["iou_per_class"].tolist()))
         return scores
+
+
+@torch.no_grad()
+def dataset_confusion(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    batch_size: int = 64,
+    ignore_index: int | None = IGNORE_INDEX,
+) -> torch.Tensor:
+    """The C×C confusion matrix (int64, on the CPU) of ``model``'s predictions over ``dataset``.
+
+    The dataset yields ``(image, mask)`` pairs and is read in order (no shuffle)
+    in batches of ``batch_size``; each batch runs on the model's device, the
+    prediction is the argmax of the main output's logits (``dla_repro.outputs``),
+    and the counts are accumulated on the CPU. The model is put in eval mode and
+    returned to the mode it was in, also when an error interrupts the pass.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            pred = main_output(model(x.to(device))).argmax(1).cpu()
+            cm += confusion_matrix(pred, y, num_classes, ignore_index)
+    finally:
+        model.train(was_training)
+    return cm

@@ -36,6 +36,7 @@ import scipy.io
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ...labels import IGNORE_INDEX
 from .layout import DatasetIdentity, DatasetLayoutError, find_dataset_dir, require_dir
 from .transforms import segmentation_eval_transform, segmentation_train_transform
 
@@ -52,8 +53,6 @@ __all__ = [
     "CITYSCAPES_LABELID_TO_TRAINID",
     "read_bsds_ground_truth",
 ]
-
-IGNORE = 255
 
 
 def _read_image(path: Path, dataset: str, expected: str) -> Image.Image:
@@ -100,7 +99,7 @@ class SegmentationDataset(DatasetIdentity, Dataset):
     """
 
     classes: tuple[str, ...] = ()
-    ignore_index = IGNORE
+    ignore_index = IGNORE_INDEX
     EXPECTED = ""
 
     def __init__(self, root: Path, split: str, transform: Callable | None):
@@ -160,7 +159,7 @@ _CITYSCAPES_TRAIN = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-CITYSCAPES_LABELID_TO_TRAINID = np.full(256, IGNORE, dtype=np.uint8)
+CITYSCAPES_LABELID_TO_TRAINID = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 for _label_id, _train_id in _CITYSCAPES_TRAIN.items():
     CITYSCAPES_LABELID_TO_TRAINID[_label_id] = _train_id
 
@@ -239,7 +238,7 @@ class CamVid(SegmentationDataset):
         if raw.max(initial=0) > self.VOID:
             raise DatasetLayoutError("CamVid", path, f"label value {int(raw.max())} > 11 (void)", self.EXPECTED)
         mask = raw.copy()
-        mask[raw == self.VOID] = IGNORE
+        mask[raw == self.VOID] = IGNORE_INDEX
         return mask
 
 
@@ -334,7 +333,7 @@ class PascalContext(VOC2012):
         indices, path = self.read_indices(index)
         if indices.max(initial=0) > len(self.classes):
             raise DatasetLayoutError(type(self).__name__, path, f"label value {int(indices.max())} > 59", self.EXPECTED)
-        return np.where(indices == 0, IGNORE, indices.astype(np.int64) - 1).astype(np.uint8)
+        return np.where(indices == 0, IGNORE_INDEX, indices.astype(np.int64) - 1).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- BSDS500
@@ -435,7 +434,7 @@ class BSDS500(SegmentationDataset):
         fraction = np.mean([b.astype(np.float32) for b in self.annotator_boundaries(index)], axis=0)
         mask = np.zeros(fraction.shape, dtype=np.uint8)
         if self.ignore_uncertain:
-            mask[fraction > 0] = IGNORE
+            mask[fraction > 0] = IGNORE_INDEX
         mask[fraction >= self.fuse_threshold - 1e-9] = 1
         return mask
 
@@ -519,7 +518,7 @@ class SiftFlow(SegmentationDataset):
         if (s != np.round(s)).any() or s.min() < 0 or s.max() > len(self.classes):
             raise DatasetLayoutError("SiftFlow", path, f"'S' values outside 0..{len(self.classes)}", self.EXPECTED)
         s = s.astype(np.int64)
-        mask = np.where(s == 0, IGNORE, s - 1).astype(np.uint8)
+        mask = np.where(s == 0, IGNORE_INDEX, s - 1).astype(np.uint8)
         return mask
 
 

@@ -11,8 +11,8 @@ image, nearest for the mask (a label is never blended). Pixels that a transform
 invents (rotated-in corners, crop padding) are ``fill`` (0) in the image and
 ``ignore_index`` (255) in the mask, so the loss and the metrics skip them.
 
-The training pipeline of the DLA segmentation recipe (official ``segment.py``;
-PAPERS.md: Cityscapes "random scale 2, rotate 10", crop 832) is
+The training pipeline of the DLA segmentation recipe (ucbdrive/dla ``segment.py``;
+Cityscapes: random scale 2, rotate 10, crop 832) is
 ``segmentation_train_transform(crop_size=832, scale=2, rotate=10)``:
 random scale in [1/2, 2] → random rotation in [-10°, 10°] → random crop (padded
 if smaller) → horizontal flip → normalise.
@@ -30,6 +30,8 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from ...labels import IGNORE_INDEX
 
 __all__ = [
     "JointCompose",
@@ -130,7 +132,7 @@ class RandomScale:
 class RandomRotate:
     """Rotate about the centre by an angle drawn uniformly from [-degrees, degrees] (same size)."""
 
-    def __init__(self, degrees: float, fill: float = 0.0, ignore_index: int = 255):
+    def __init__(self, degrees: float, fill: float = 0.0, ignore_index: int = IGNORE_INDEX):
         self.degrees, self.fill, self.ignore_index = float(degrees), float(fill), int(ignore_index)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
@@ -148,7 +150,7 @@ class RandomRotate:
 class RandomCrop:
     """A random ``size`` crop; a smaller input is first padded at the bottom/right."""
 
-    def __init__(self, size: int | Sequence[int], fill: float = 0.0, ignore_index: int = 255):
+    def __init__(self, size: int | Sequence[int], fill: float = 0.0, ignore_index: int = IGNORE_INDEX):
         self.size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
         self.fill, self.ignore_index = float(fill), int(ignore_index)
 
@@ -204,7 +206,7 @@ def segmentation_train_transform(
     flip: bool = True,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> JointCompose:
     """Scale → rotate → crop → flip → normalise (any step off with ``None`` / 0 / False)."""
     steps: list[Callable] = [ToTensor()]
