@@ -388,6 +388,43 @@ def log_table(df, filename: str) -> Path:
     return path
 
 
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log ``metrics`` to run ``run_id`` (open or finished) at ``step``, each key at most once.
+
+    A key whose latest value on the run already equals the new one (NaN equals
+    NaN) is skipped, so a rerun that recomputes the same numbers (a resumed
+    sweep) logs nothing twice.
+    """
+    import math
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(configure())
+    logged = client.get_run(run_id).data.metrics
+
+    def same(a: float, b: float | None) -> bool:
+        return b is not None and (a == b or (math.isnan(a) and math.isnan(b)))
+
+    now = int(time.time() * 1000)
+    fresh = [Metric(k, float(v), now, step) for k, v in metrics.items() if not same(float(v), logged.get(k))]
+    for i in range(0, len(fresh), 1000):  # MLflow batch limit
+        client.log_batch(run_id, metrics=fresh[i : i + 1000])
+
+
+def log_table_artifact(run_id: str, df, name: str, artifact_path: str = "tables") -> None:
+    """Attach a DataFrame to run ``run_id`` as ``<artifact_path>/<name>.csv`` (rewritten if present)."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.csv"
+        df.to_csv(path, index=False)
+        MlflowClient(configure()).log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
 def log_checkpoint(path: str | os.PathLike, artifact_path: str = "checkpoints") -> None:
     import mlflow
 

@@ -20,7 +20,6 @@ from torch.utils.data import Dataset, TensorDataset
 from dla_repro import tracking
 from dla_repro.engine import (
     ClassificationTask,
-    ConfusionMatrix,
     DataBundle,
     NonFiniteLossError,
     SegmentationTask,
@@ -190,12 +189,12 @@ def test_topk_accuracy():
     assert acc.compute() == pytest.approx({"top1": 1 / 3, "top5": 2 / 3})
 
 
-def test_confusion_matrix_ignores_255_and_skips_absent_classes():
-    cm = ConfusionMatrix(num_classes=4, ignore_index=255)
-    target = torch.tensor([[0, 0, 1, 255]])
-    pred = torch.tensor([[0, 1, 1, 3]])  # the 255 pixel predicted 3: ignored, so class 3 is absent
-    cm.update(F.one_hot(pred, 4).permute(0, 2, 1).float(), target)  # as logits N×C×L
-    out = cm.compute()
+def test_segmentation_metrics_ignore_255_and_skip_absent_classes():
+    meter = SegmentationTask(num_classes=4).metrics()
+    target = torch.tensor([[[0, 0, 1, 255]]])
+    pred = torch.tensor([[[0, 1, 1, 3]]])  # the 255 pixel predicted 3: ignored, so class 3 is absent
+    meter.update(F.one_hot(pred, 4).permute(0, 3, 1, 2).float(), target)  # as logits N×C×H×W
+    out = meter.compute()
     assert out["pixel_acc"] == pytest.approx(2 / 3)
     assert out["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)  # class 0: 1/(2+0), class 1: 1/(1+1)
 

@@ -9,31 +9,39 @@
     result.history  # one row per epoch; every value is also in the run's MLflow metrics
 
 Files: ``config`` (TrainConfig), ``loop`` (fit, evaluate), ``tasks`` (loss and
-metrics), ``loaders`` (data → DataLoaders), ``checkpoint`` (atomic save, safe
-load), ``seed`` (seeding, RNG state), ``sweep`` (configurations × seeds under one parent run), ``distributed`` (torchrun / DDP).
+metrics; main + auxiliary outputs, loss terms read from the model), ``optim``
+(timm optimiser with optional named parameter groups, lr schedule, iteration-based
+length), ``loaders`` (data → DataLoaders), ``checkpoint`` (atomic save, safe
+load), ``seed`` (seeding, RNG state), ``sweep`` (configurations × seeds under one
+parent run, with an ``evaluate`` hook for scalars and artifacts), ``distributed``
+(torchrun / DDP). The engine knows no paper; segmentation scores come from
+``dla_repro.metrics.segmentation``.
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .loaders import DataBundle
 from .loop import FitResult, NonFiniteLossError, evaluate, fit
+from .optim import create_optimizer, create_scheduler
 from .seed import seed_everything
 from .sweep import SweepResult, Trial, count_params, sweep
-from .tasks import ClassificationTask, ConfusionMatrix, SegmentationTask, TopKAccuracy
+from .tasks import ClassificationTask, SegmentationTask, SupervisedTask, TopKAccuracy
 
 __all__ = [
     "CheckpointError",
     "ClassificationTask",
-    "ConfusionMatrix",
     "DataBundle",
     "FitResult",
     "NonFiniteLossError",
     "SegmentationTask",
+    "SupervisedTask",
     "SweepResult",
     "TopKAccuracy",
     "TrainConfig",
     "Trial",
     "count_params",
+    "create_optimizer",
+    "create_scheduler",
     "evaluate",
     "fit",
     "load_checkpoint",

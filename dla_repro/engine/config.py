@@ -18,13 +18,37 @@ The schedule is stepped **per epoch** by default (``step_on_epochs=True``): the 
 is constant within an epoch. ``step_on_epochs=False`` steps it after every
 optimiser update (t counts updates; epochs-based lengths are scaled by the number
 of batches), which is what "poly" usually means in segmentation papers. The ``lr``
-logged for an epoch is the lr of its first update.
+logged for an epoch is the lr of its first update (in the first parameter group).
+
+**Length.** ``epochs`` full passes over the training set, or -- with
+``iterations > 0`` -- exactly that many optimiser updates (GALD trains 50,000
+iterations with poly stepped per iteration, arXiv 1909.07229): the run then has
+``ceil(iterations / batches per epoch)`` epochs, the last one possibly partial,
+and ``epochs`` is not used. Evaluation, checkpoints and logging stay per epoch.
+With ``step_on_epochs=False`` the schedule's length T is ``iterations`` updates;
+``warmup_epochs`` and ``decay_epochs`` still count epochs of the training loader.
+
+**Parameter groups.** By default the optimiser is timm's
+``create_optimizer_v2(model, …)``: one lr, and no weight decay on biases and
+norm parameters. ``param_groups`` gives the parameters whose name matches a
+pattern (``fnmatch`` over ``model.named_parameters()``, first matching pattern
+wins) their own lr multiplier and/or weight decay, e.g. learned scale factors
+(DynOPool, arXiv 2205.15254; Shape Adaptor, arXiv 2008.00892)::
+
+    TrainConfig(param_groups={"*.log_scale": {"lr_scale": 10.0, "weight_decay": 0.0}})
+
+``lr_scale`` multiplies the scheduled lr (timm's ``lr_scale`` group key, the
+mechanism of its layer-wise lr decay); without ``weight_decay`` a group follows
+timm's rule (none on 1-d parameters). The spec is logged as one MLflow param
+holding its JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 SCHEDULES = ("step", "poly", "cosine", "constant")
@@ -33,12 +57,14 @@ AMP_DTYPES = ("bfloat16", "float16")
 # Fields that change how a run is *watched*, not what it computes: not logged as
 # MLflow params and not compared on resume (resuming sets ``resume=True``).
 RUNTIME_ONLY = ("resume", "progress")
+GROUP_KEYS = ("lr_scale", "weight_decay")
 
 
 @dataclass
 class TrainConfig:
     # length and batch
     epochs: int = 10
+    iterations: int = 0  # > 0: train exactly this many updates instead of ``epochs`` epochs
     batch_size: int = 64
     drop_last: bool = False  # drop the last incomplete training batch
     # optimiser — timm.optim.create_optimizer_v2
@@ -46,6 +72,8 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # {name pattern: {"lr_scale": x, "weight_decay": y}}; empty: timm's default groups
+    param_groups: dict[str, dict[str, float]] = field(default_factory=dict)
     # schedule — timm.scheduler.create_scheduler_v2
     schedule: str = "step"
     step_on_epochs: bool = True
@@ -82,10 +110,32 @@ class TrainConfig:
             raise ValueError(f"monitor_mode={self.monitor_mode!r}: expected 'max' or 'min'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if self.iterations < 0:
+            raise ValueError(f"iterations={self.iterations}: expected 0 (train for epochs) or a positive count")
+        if not isinstance(self.param_groups, Mapping):
+            raise ValueError(f"param_groups must map name patterns to settings, got {self.param_groups!r}")
+        for pattern, spec in self.param_groups.items():
+            unknown = set(spec) - set(GROUP_KEYS) if isinstance(spec, Mapping) else None
+            if unknown is None or unknown or not spec:
+                raise ValueError(
+                    f"param_groups[{pattern!r}] = {spec!r}: expected a non-empty mapping with keys from {GROUP_KEYS}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def params(self) -> dict[str, Any]:
-        """The fields that define the trained configuration (logged, compared on resume)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_ONLY}
+        """The fields that define the trained configuration (logged, compared on resume).
+
+        ``param_groups`` becomes one JSON string (its patterns are not valid MLflow
+        param names). ``iterations`` and ``param_groups`` appear only when set, so a
+        run that uses neither logs -- and resumes against -- the params it did
+        before they existed.
+        """
+        params = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_ONLY}
+        if not params["iterations"]:
+            del params["iterations"]
+        groups = params.pop("param_groups")
+        if groups:
+            params["param_groups"] = json.dumps(groups)
+        return params

@@ -60,6 +60,11 @@ def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel`` (``model`` itself when not wrapped)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` over ranks (in place; returned for chaining)."""
     if dist.is_available() and dist.is_initialized():

@@ -1,16 +1,21 @@
 """The training loop: ``fit(model, data, config, task)``.
 
 One call trains one configuration and is one MLflow run (``tracking.child_run``),
-nested under the notebook or sweep run when one is active. Each epoch:
+nested under the notebook or sweep run when one is active. Each epoch (``epochs``
+of them, or as many as ``iterations`` updates need, the last one then partial):
 
 1. reseed torch / numpy / ``random`` from ``(seed, epoch)``; set the epoch's data order;
-2. train: forward under autocast, ``task.loss``, stop on a non-finite loss,
-   backward, optional grad-norm clipping, optimiser step, EMA update,
-   ``scheduler.step_update`` (a no-op unless ``step_on_epochs=False``);
+2. train: forward under autocast, ``task.loss(output, target, model=model)``, stop
+   on a non-finite loss, backward, optional grad-norm clipping, optimiser step, EMA
+   update, ``scheduler.step_update`` (a no-op unless ``step_on_epochs=False``);
 3. evaluate on ``val`` (and the EMA weights as ``val_ema_*``);
 4. ``scheduler.step(epoch + 1)`` (a no-op when stepping per update);
 5. write ``best.pt`` (if improved) and ``last.pt`` atomically;
 6. only then log the epoch's metrics to MLflow with ``step=epoch`` (0-based).
+
+Models may return a main output with auxiliary ones (``dla_repro.outputs``): the
+task's loss weighs them, the metrics see the main output only. The optimiser and
+schedule come from ``optim`` (timm's factories; ``TrainConfig.param_groups``).
 
 **Resume** (``resume=True`` and ``<ckpt_dir>/last.pt`` exists): the model,
 optimiser, scheduler, EMA, scaler and RNG states are restored, training goes on at
@@ -32,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import itertools
 import math
 import sys
 import time
@@ -42,17 +49,17 @@ from typing import Any
 import mlflow
 import pandas as pd
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from .. import tracking
+from ..outputs import main_output
 from ..paths import checkpoints_dir
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_tmp, save_checkpoint
 from .config import TrainConfig
 from .loaders import as_bundle, dataset_identity, make_loader, set_epoch
+from .optim import create_optimizer, create_scheduler, num_epochs
 from .seed import epoch_seed, get_rng_state, seed_everything, set_rng_state
 from .tasks import ClassificationTask
 
@@ -131,21 +138,10 @@ def fit(
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     train_loader = make_loader(bundle.train, cfg, dist, device, train=True)
     val_loader = make_loader(bundle.val, cfg, dist, device, train=False)
-    optimizer = create_optimizer_v2(
-        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
-    )
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=cfg.schedule,
-        num_epochs=cfg.epochs,
-        decay_epochs=cfg.decay_epochs,
-        decay_rate=cfg.poly_power if cfg.schedule == "poly" else cfg.decay_rate,
-        min_lr=cfg.min_lr,
-        warmup_lr=cfg.warmup_lr,
-        warmup_epochs=cfg.warmup_epochs,
-        step_on_epochs=cfg.step_on_epochs,
-        updates_per_epoch=len(train_loader),
-    )
+    updates_per_epoch = len(train_loader)
+    epochs = num_epochs(cfg, updates_per_epoch)
+    optimizer = create_optimizer(model, cfg)
+    scheduler = create_scheduler(optimizer, cfg, updates_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype is torch.float16)
 
     # ---- resume
@@ -195,21 +191,26 @@ def fit(
             fresh = run_id != run.info.run_id
             run_id = run.info.run_id
             mlflow.log_dict({**cfg.to_dict(), "device": str(device), "amp": amp, "monitor": monitor,
-                             "monitor_mode": mode, "ckpt_dir": str(ckpt_dir)}, "config.json")
+                             "monitor_mode": mode, "ckpt_dir": str(ckpt_dir), "num_epochs": epochs,
+                             "updates_per_epoch": updates_per_epoch}, "config.json")
             identity = dataset_identity(bundle)
             if fresh and identity is not None:
                 tracking.log_dataset(*identity, context="train")
             _log_missing_steps(run_id, history)
 
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(start, epochs):
             t0 = time.perf_counter()
             seed_everything(epoch_seed(cfg.seed, epoch))
             set_epoch(train_loader, cfg.seed, epoch)
             set_epoch(val_loader, cfg.seed, epoch)
             record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            # With ``iterations`` the last epoch stops after the remaining updates; else None (all batches).
+            max_batches = cfg.iterations - epoch * updates_per_epoch if cfg.iterations else None
+            if max_batches is not None and max_batches >= updates_per_epoch:
+                max_batches = None
             with tqdm(
-                total=len(train_loader),
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                total=max_batches or updates_per_epoch,
+                desc=f"epoch {epoch + 1}/{epochs}",
                 disable=not (cfg.progress and dist.is_main),
                 file=sys.stdout,
                 mininterval=0.5 if sys.stdout.isatty() else 5.0,  # few redraws in a saved notebook
@@ -217,7 +218,7 @@ def fit(
             ) as bar:
                 try:
                     train = _train_epoch(net, model, train_loader, task, optimizer, scheduler, scaler,
-                                         ema, cfg, device, autocast, epoch, bar)
+                                         ema, cfg, device, autocast, epoch, bar, max_batches)
                 except NonFiniteLossError as err:
                     if run is not None:
                         mlflow.set_tags({"nonfinite_loss.epoch": err.epoch, "nonfinite_loss.step": err.step})
@@ -280,16 +281,20 @@ def evaluate(model: torch.nn.Module, data: Any, task: Any = None, config: TrainC
 
 
 # --------------------------------------------------------------------- one epoch
-def _train_epoch(net, model, loader, task, optimizer, scheduler, scaler, ema, cfg, device, autocast, epoch, bar):
+def _train_epoch(net, model, loader, task, optimizer, scheduler, scaler, ema, cfg, device, autocast, epoch, bar,
+                 max_batches=None):
+    """One pass over ``loader`` (its first ``max_batches`` batches if given); mean loss and train metrics."""
     net.train()
     meter = task.metrics()
+    loss_fn = _loss_fn(task, model)
     loss_sum, count = 0.0, 0
     updates = epoch * len(loader)
-    for batch, (x, y) in enumerate(loader):
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    for batch, (x, y) in enumerate(batches):
         x, y = _to_device(x, y, device, cfg.channels_last)
         with autocast():
             out = net(x)
-            loss = task.loss(out, y)
+            loss = loss_fn(out, y)
         # One host sync per step: cheap next to a step, and it stops a diverging run at once
         # (averaged over ranks, so every rank stops together).
         value = distributed.all_mean(loss.detach().float().clone()).item()
@@ -306,7 +311,7 @@ def _train_epoch(net, model, loader, task, optimizer, scheduler, scaler, ema, cf
         scheduler.step_update(num_updates=updates)
         if ema is not None:
             ema.update(model, step=updates)
-        meter.update(out.detach(), y)
+        meter.update(main_output(out).detach(), y)
         loss_sum, count = loss_sum + value * len(y), count + len(y)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / count:.4f}", refresh=False)
@@ -317,22 +322,34 @@ def _train_epoch(net, model, loader, task, optimizer, scheduler, scaler, ema, cf
 def _evaluate(net, loader, task, cfg, device, autocast) -> dict[str, float]:
     net.eval()
     meter = task.metrics()
+    loss_fn = _loss_fn(task, distributed.unwrap(net))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = _to_device(x, y, device, cfg.channels_last)
         with autocast():
             out = net(x)
-            loss = task.loss(out, y)
+            loss = loss_fn(out, y)
         loss_sum += loss.double() * len(y)
         count += len(y)
-        meter.update(out, y)
+        meter.update(main_output(out), y)
     distributed.all_sum(loss_sum)
     distributed.all_sum(count)
     return {"loss": (loss_sum / count.clamp(min=1)).item(), **_compute(meter)}
 
 
 # ----------------------------------------------------------------------- helpers
+def _loss_fn(task, model):
+    """``task.loss`` with ``model=`` bound if it takes a ``model`` argument (tasks written before it did not)."""
+    try:
+        params = inspect.signature(task.loss).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature (e.g. a C callable)
+        return task.loss
+    if any(p.name == "model" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return functools.partial(task.loss, model=model)
+    return task.loss
+
+
 def _to_device(x, y, device, channels_last):
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if channels_last and x.ndim == 4:

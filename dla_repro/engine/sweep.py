@@ -4,26 +4,32 @@
 
     trials = [Trial(f"agg={m}", {"aggregation": m}, functools.partial(build, aggregation=m))
               for m in ("none", "ida", "hda", "full")]
-    result = sweep("ablation_a", trials, data, TrainConfig(epochs=4), seeds=[0, 1])
-    result.runs      # one row per (trial, seed): params, n_params, final metrics, run id
-    result.history   # one row per (trial, seed, epoch)
+    result = sweep("ablation_a", trials, data, TrainConfig(epochs=4), seeds=[0, 1],
+                   evaluate=lambda model, fit: {"miou_small": ..., "curve": pr_curve_dataframe})
+    result.runs                          # one row per (trial, seed): params, n_params, final metrics, run id, scalars
+    result.history                       # one row per (trial, seed, epoch)
+    result.artifacts[("agg=ida", 0)]     # {"curve": DataFrame}: what ``evaluate`` returned besides scalars
+    result.values("agg=ida", "val_miou") # [seed 0's, seed 1's]
 
-Each (trial, seed) is ``seed_everything(seed)`` → ``trial.build()`` → ``fit``, so a
-seed fixes init, data order and augmentation.  Checkpoints go to
-``<checkpoints_dir()>/<sweep>/<trial>/seed<k>``; with ``config.resume`` a rerun
-after a crash skips nothing it already logged and continues the unfinished run.
-Knows nothing of any paper: the notebooks say what is swept.
+Each (trial, seed) is ``seed_everything(seed)`` → ``trial.build()`` → ``fit`` →
+``evaluate(model, fit_result)``, so a seed fixes init, data order and
+augmentation. Checkpoints go to ``<checkpoints_dir()>/<sweep>/<trial>/seed<k>``;
+with ``config.resume`` a rerun after a crash skips nothing it already logged and
+continues the unfinished run. Knows nothing of any paper: the notebooks say what
+is swept and measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -33,7 +39,9 @@ from .config import TrainConfig
 from .loop import FitResult, fit
 from .seed import seed_everything
 
-__all__ = ["Trial", "SweepResult", "sweep", "count_params"]
+__all__ = ["Trial", "SweepResult", "sweep", "count_params", "split_measurements"]
+
+EvaluateHook = Callable[[torch.nn.Module, FitResult], Mapping[str, Any]]
 
 
 @dataclass
@@ -59,6 +67,17 @@ class SweepResult:
     history: pd.DataFrame  # one row per (trial, seed, epoch)
     sweep_run_id: str | None
     fits: dict[tuple[str, int], FitResult]
+    # (trial, seed) -> the non-scalar values the evaluate hook returned (DataFrames, arrays, …)
+    artifacts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+    def values(self, trial: str, metric: str) -> list[Any]:
+        """``metric`` of every seed of ``trial``, in increasing seed order (a column of ``runs``)."""
+        rows = self.runs[self.runs["trial"] == trial]
+        if rows.empty:
+            raise KeyError(f"no trial {trial!r} in this sweep (trials: {list(dict.fromkeys(self.runs['trial']))})")
+        if metric not in rows:
+            raise KeyError(f"no column {metric!r} in the sweep's runs (columns: {list(self.runs.columns)})")
+        return rows.sort_values("seed")[metric].tolist()
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -67,6 +86,47 @@ def count_params(model: torch.nn.Module) -> int:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "trial"
+
+
+def _scalar(value: Any) -> Any:
+    """``value`` as a plain Python scalar if it is one (numbers, 0-d arrays/tensors, strings, None), else ``_NOT``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.item() if value.ndim == 0 else _NOT
+    if value is None or isinstance(value, (str, numbers.Number, np.bool_)):
+        return value.item() if isinstance(value, np.generic) else value
+    return _NOT
+
+
+_NOT = object()
+
+
+def split_measurements(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(scalars, artifacts)`` of what an evaluate hook returned.
+
+    Scalars are numbers, booleans, strings, ``None`` and 0-d arrays / tensors
+    (made plain Python values); everything else (DataFrames, arrays, figures, …)
+    is an artifact.
+    """
+    scalars, artifacts = {}, {}
+    for key, value in values.items():
+        plain = _scalar(value)
+        if plain is _NOT:
+            artifacts[key] = value
+        else:
+            scalars[key] = plain
+    return scalars, artifacts
+
+
+def _log_measurements(run_id: str | None, step: int, scalars: Mapping[str, Any], artifacts: Mapping[str, Any]) -> None:
+    """Numbers as metrics of the training run (at its last epoch), DataFrames as CSV artifacts."""
+    if run_id is None:
+        return
+    numeric = {k: float(v) for k, v in scalars.items() if isinstance(v, numbers.Number)}
+    if numeric:
+        tracking.log_metrics(run_id, numeric, step=step)
+    for key, value in artifacts.items():
+        if isinstance(value, pd.DataFrame):
+            tracking.log_table_artifact(run_id, value, _slug(key), artifact_path="evaluate")
 
 
 def sweep(
@@ -78,20 +138,29 @@ def sweep(
     task: Any = None,
     *,
     params: Mapping[str, Any] | None = None,
-    extra: Callable[[torch.nn.Module, FitResult], Mapping[str, Any]] | None = None,
+    evaluate: EvaluateHook | None = None,
+    extra: EvaluateHook | None = None,
 ) -> SweepResult:
     """Train every trial with every seed under a parent MLflow run called ``name``.
 
-    ``params`` are logged on the parent run (the shared settings). ``extra(model,
-    fit_result)`` may add measurements to a result row (e.g. a per-class score
-    computed after training). Raises ``ValueError`` on duplicate trial names or no seeds.
+    ``params`` are logged on the parent run (the shared settings).
+    ``evaluate(model, fit_result) -> dict`` measures each trained model (in the
+    state training left it): scalar values join the result row and are logged as
+    metrics of that training's MLflow run (at its last epoch's step); other values
+    are kept in ``result.artifacts[(trial, seed)]``, and DataFrames among them are
+    also attached to the run as ``evaluate/<key>.csv``. ``extra`` is the former
+    name of ``evaluate`` (same behaviour; not both). Raises ``ValueError`` on
+    duplicate trial names, no seeds, or both hooks.
     """
     names = [t.name for t in trials]
     if len(set(names)) != len(names):
         raise ValueError(f"sweep {name!r}: trial names must be unique, got {names}")
     if not seeds:
         raise ValueError(f"sweep {name!r}: needs at least one seed")
-    rows, histories, fits = [], [], {}
+    if evaluate is not None and extra is not None:
+        raise ValueError(f"sweep {name!r}: pass evaluate= (or its old name extra=), not both")
+    evaluate = evaluate or extra
+    rows, histories, fits, artifacts = [], [], {}, {}
     shared = {"sweep": name, "seeds": list(seeds), "trials": names, **config.params(), **(params or {})}
     with tracking.sweep_run(name, shared) as parent:
         for trial in trials:
@@ -114,8 +183,12 @@ def sweep(
                        "train_seconds": time.perf_counter() - t0, "best": result.best,
                        "best_epoch": result.best_epoch, "run_id": result.run_id,
                        **{k: v for k, v in result.final.items() if k != "epoch"}}
-                if extra is not None:
-                    row.update(extra(model, result))
+                artifacts[(trial.name, seed)] = {}
+                if evaluate is not None:
+                    scalars, kept = split_measurements(evaluate(model, result))
+                    row.update(scalars)
+                    artifacts[(trial.name, seed)] = kept
+                    _log_measurements(result.run_id, int(result.final["epoch"]), scalars, kept)
                 rows.append(row)
                 hist = result.history.copy()
                 hist.insert(0, "seed", seed)
@@ -123,4 +196,4 @@ def sweep(
                 histories.append(hist)
                 fits[(trial.name, seed)] = result
         parent_id = parent.info.run_id if parent is not None else None
-    return SweepResult(pd.DataFrame(rows), pd.concat(histories, ignore_index=True), parent_id, fits)
+    return SweepResult(pd.DataFrame(rows), pd.concat(histories, ignore_index=True), parent_id, fits, artifacts)

@@ -2,26 +2,41 @@
 
 A task is any object with
 
-* ``loss(output, target) -> Tensor`` — the scalar the optimiser minimises;
-* ``metrics() -> Evaluator`` — a fresh accumulator with ``update(output, target)``
+* ``loss(output, target, model=None) -> Tensor`` -- the scalar the optimiser
+  minimises. ``output`` is whatever the model returned: a tensor, or a main
+  output with auxiliary outputs (``dla_repro.outputs.ModelOutput``). ``model`` is
+  the trained module itself (unwrapped from DDP), for loss terms read from the
+  model, e.g. DynOPool's GMACs budget loss on its learned scale factors (arXiv
+  2205.15254, abstract and Fig. 2). A task whose ``loss`` takes no ``model``
+  argument still works;
+* ``metrics() -> Evaluator`` -- a fresh accumulator with ``update(output, target)``
   and ``compute() -> dict[str, float]`` (optionally ``sync()``, which sums its
-  state over DDP ranks; without it the engine averages the computed values);
-* ``monitor`` / ``mode`` — the default metric (without the ``val_`` prefix) that
+  state over DDP ranks; without it the engine averages the computed values). The
+  engine hands it the **main** output only;
+* ``monitor`` / ``mode`` -- the default metric (without the ``val_`` prefix) that
   picks ``best.pt``, and whether higher (``"max"``) or lower is better;
-* ``params() -> dict`` — what to log about the task.
+* ``params() -> dict`` -- what to log about the task.
 
-The engine prefixes the metrics with ``train_`` / ``val_``. A paper-specific loss
-(e.g. an extra budget term read from the model) is a subclass of one of these.
+The engine prefixes the metrics with ``train_`` / ``val_``. The two tasks here
+share ``SupervisedTask``: ``loss = criterion(main) + Σ_k aux_weights[k] ·
+aux_criterion(k, aux_k)``, e.g. GALD's ``aux_weights={"aux": 0.4}`` (arXiv
+1909.07229; the weight is the official code's, lxtGH/GALD-DGCNet
+``libs/core/loss.py``). A paper-specific loss is a subclass that
+overrides ``criterion`` / ``aux_criterion`` (e.g. OHEM on the main head only) or
+``loss`` (an extra term read from ``model``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from ..labels import IGNORE_INDEX
+from ..metrics.segmentation import SegmentationMetrics
+from ..outputs import split_output
 from .distributed import all_sum
 
 
@@ -34,8 +49,53 @@ class Task(Protocol):
     monitor: str
     mode: str
 
-    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, output: Any, target: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor: ...
     def metrics(self) -> Evaluator: ...
+
+
+class SupervisedTask:
+    """A criterion on the main output plus weighted criteria on named auxiliary outputs.
+
+    ``aux_weights`` maps each auxiliary output's name to its weight in the loss.
+    A model that returns an auxiliary output the task has no weight for is an
+    error (a weight of 0 ignores it on purpose). Without auxiliary outputs the
+    loss is ``criterion(output, target)`` exactly.
+    """
+
+    monitor: str
+    mode: str
+
+    def __init__(self, aux_weights: Mapping[str, float] | None = None):
+        self.aux_weights = {str(k): float(w) for k, w in (aux_weights or {}).items()}
+
+    def criterion(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def aux_criterion(self, name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of auxiliary output ``name`` (default: the main criterion)."""
+        return self.criterion(output, target)
+
+    def loss(self, output: Any, target: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        main, aux = split_output(output)
+        loss = self.criterion(main, target)
+        unknown = sorted(set(aux) - set(self.aux_weights))
+        if unknown:
+            raise ValueError(
+                f"the model returned auxiliary outputs {unknown} that the task has no weight for "
+                f"(aux_weights={self.aux_weights}); pass e.g. aux_weights={{{unknown[0]!r}: 0.4}}"
+            )
+        for name, value in aux.items():
+            weight = self.aux_weights[name]
+            if weight:
+                loss = loss + weight * self.aux_criterion(name, value, target)
+        return loss
+
+    def metrics(self) -> Evaluator:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        # An empty mapping flattens to no MLflow param: runs without aux outputs log what they always did.
+        return {"aux_weights": dict(self.aux_weights)}
 
 
 # ------------------------------------------------------------------ classification
@@ -68,81 +128,41 @@ class TopKAccuracy:
         return {f"top{k}": c / n for k, c in zip(self.topk, self.correct.tolist())}
 
 
-class ClassificationTask:
+class ClassificationTask(SupervisedTask):
     """Cross-entropy on logits; top-1 / top-5 accuracy (top-5 with ≥ 5 classes); best by ``val_top1``."""
 
     monitor, mode = "top1", "max"
 
-    def __init__(self, label_smoothing: float = 0.0, topk: Sequence[int] = (1, 5)):
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        topk: Sequence[int] = (1, 5),
+        aux_weights: Mapping[str, float] | None = None,
+    ):
+        super().__init__(aux_weights)
         self.label_smoothing = label_smoothing
         self.topk = tuple(topk)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def criterion(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
 
     def metrics(self) -> TopKAccuracy:
         return TopKAccuracy(self.topk)
 
     def params(self) -> dict[str, Any]:
-        return {"name": "classification", "label_smoothing": self.label_smoothing}
+        return {"name": "classification", "label_smoothing": self.label_smoothing, **super().params()}
 
 
 # -------------------------------------------------------------------- segmentation
-class ConfusionMatrix:
-    """Pixel accuracy and mean IoU from a C×C confusion matrix, ignoring ``ignore_index``.
-
-    IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU averages the classes that occur in the
-    target or the prediction (the others have no defined IoU).
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255):
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.matrix: torch.Tensor | None = None  # rows: target, columns: prediction
-
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        pred = output.argmax(1) if output.ndim == target.ndim + 1 else output
-        keep = target != self.ignore_index
-        c = self.num_classes
-        counts = torch.bincount(target[keep].long() * c + pred[keep].long(), minlength=c * c)
-        if self.matrix is None:
-            self.matrix = torch.zeros(c, c, dtype=torch.long, device=counts.device)
-        self.matrix += counts.view(c, c)
-
-    def sync(self) -> None:
-        if self.matrix is not None:
-            all_sum(self.matrix)
-
-    def compute(self) -> dict[str, float]:
-        if self.matrix is None:
-            return {}
-        m = self.matrix.double()
-        tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
-        present = union > 0
-        return {
-            "pixel_acc": (tp.sum() / m.sum().clamp(min=1)).item(),
-            "miou": (tp[present] / union[present]).mean().item() if present.any() else 0.0,
-        }
-
-
-def default_evaluator(num_classes: int, ignore_index: int) -> Evaluator:
-    """The project's segmentation evaluator if ``dla_repro.metrics.segmentation`` provides
-    ``SegmentationMetrics``, else the minimal ``ConfusionMatrix`` above."""
-    try:
-        from dla_repro.metrics.segmentation import SegmentationMetrics
-    except ImportError:
-        return ConfusionMatrix(num_classes, ignore_index)
-    return SegmentationMetrics(num_classes, ignore_index=ignore_index)
-
-
-class SegmentationTask:
+class SegmentationTask(SupervisedTask):
     """Per-pixel cross-entropy (``ignore_index`` pixels excluded, optional class weights).
 
     ``output`` is ``N×C×h×w`` logits and ``target`` ``N×H×W`` labels; logits of a
-    different size are bilinearly resized to the target first. Boundary detection is
-    the two-class case with a heavier positive weight, e.g. ``class_weights=(1, 10)``.
-    ``evaluator`` builds a fresh accumulator (default: ``default_evaluator``).
+    different size are bilinearly resized to the target first (auxiliary outputs
+    too). Boundary detection is the two-class case with a heavier positive weight,
+    e.g. ``class_weights=(1, 10)``. ``evaluator`` builds a fresh accumulator
+    (default: ``dla_repro.metrics.segmentation.SegmentationMetrics``), which is
+    handed the logits at the target's size.
     """
 
     monitor, mode = "miou", "max"
@@ -150,21 +170,23 @@ class SegmentationTask:
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         class_weights: Sequence[float] | None = None,
         evaluator: Callable[[], Evaluator] | None = None,
+        aux_weights: Mapping[str, float] | None = None,
     ):
+        super().__init__(aux_weights)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.evaluator = evaluator or (lambda: default_evaluator(num_classes, ignore_index))
+        self.evaluator = evaluator or (lambda: SegmentationMetrics(num_classes, ignore_index=ignore_index))
 
     def resize(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if output.shape[-2:] != target.shape[-2:]:
             output = F.interpolate(output, size=target.shape[-2:], mode="bilinear", align_corners=False)
         return output
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def criterion(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = self.resize(output, target).float()
         weight = None
         if self.class_weights is not None:
@@ -180,6 +202,7 @@ class SegmentationTask:
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
             "class_weights": self.class_weights,
+            **super().params(),
         }
 
 
