@@ -1,89 +1,44 @@
-"""Optional GPU kernels, each with a pure-PyTorch reference of the same signature.
+"""Optional GPU kernels as a table of ops: a PyTorch reference, an optional Triton implementation, specs.
 
-``l2norm_scale(x, gamma, eps=1e-10)`` -- ParseNet's channel-wise L2
-normalisation with a per-channel scale -- picks its implementation per call:
+Every op in :data:`OPS` is callable and picks its implementation per call
+(:func:`kernel_backend`): the Triton kernel for CUDA tensors when triton is
+installed, the reference otherwise; ``DLA_REPRO_KERNELS=auto|triton|reference``
+overrides (see :mod:`.registry`).  The reference is the ground truth and what
+CPU and CI run; tests compare the kernel with it under Triton's interpreter.
 
-========================  =====================================================
-``DLA_REPRO_KERNELS``     implementation
-========================  =====================================================
-``auto`` (default/unset)  the Triton kernel for CUDA tensors (when triton is
-                          installed), the reference otherwise
-``triton``                always the kernel; on CPU tensors this needs
-                          Triton's interpreter (``TRITON_INTERPRET=1`` set
-                          before triton is first imported in the process)
-``reference``             always the reference
-========================  =====================================================
+Adding an op (e.g. DynOPool's resize, GALD's mask):
 
-Importing this package does not import triton: :mod:`.l2norm` (which does) is
-imported on the first call that uses the kernel.  This package knows nothing of
-models; :mod:`dla_repro.models.parsenet` uses it.
+1. ``kernels/<op>.py``: the reference, ``make_inputs``/``bytes_moved`` and a
+   :class:`BenchSpec`, a :class:`TestSpec` -- no triton import;
+2. ``kernels/<op>_triton.py``: the Triton implementation, same signature,
+   built on :mod:`.triton_utils`;
+3. one ``register_op(KernelOp(...))`` row below.
+
+The benchmark (``dla-repro bench kernels``) and the test harness
+(``tests/test_kernels.py``) iterate the table, so the row is all they need.
+Importing this package does not import triton.  It knows nothing of models;
+:mod:`dla_repro.models.parsenet` uses :func:`l2norm_scale`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
+from . import l2norm
+from .l2norm import l2norm_scale_reference
+from .registry import *  # noqa: F403  (the op-table API: KernelOp, OPS, register_op, kernel_backend, ...)
+from .registry import __all__ as _OP_TABLE_API
+from .registry import KernelOp, register_op
 
-import torch
+__all__ = [*_OP_TABLE_API, "l2norm_scale", "l2norm_scale_reference"]
 
-from .reference import accumulation_dtype, l2norm_scale_reference
-
-__all__ = [
-    "BACKENDS",
-    "ENV_VAR",
-    "kernel_backend",
-    "l2norm_scale",
-    "l2norm_scale_reference",
-    "accumulation_dtype",
-    "triton_available",
-]
-
-ENV_VAR = "DLA_REPRO_KERNELS"
-BACKENDS = ("auto", "triton", "reference")
-
-
-def triton_available() -> bool:
-    """Whether triton can be imported (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def _interpreter_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
-
-
-def _requested() -> str:
-    mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if mode not in BACKENDS:
-        raise ValueError(f"{ENV_VAR}={mode!r}: expected one of {', '.join(BACKENDS)}")
-    return mode
-
-
-def kernel_backend(x: torch.Tensor) -> str:
-    """``"triton"`` or ``"reference"``: what :func:`l2norm_scale` would run for ``x`` now."""
-    mode = _requested()
-    if mode == "reference":
-        return "reference"
-    if mode == "triton":
-        if not triton_available():
-            raise RuntimeError(f"{ENV_VAR}=triton but triton is not installed")
-        if x.device.type != "cuda" and not _interpreter_requested():
-            raise RuntimeError(
-                f"{ENV_VAR}=triton with a tensor on {x.device}: Triton kernels run on CUDA tensors, "
-                "or on CPU tensors only under Triton's interpreter -- set TRITON_INTERPRET=1 in the "
-                f"environment before triton is first imported, or use {ENV_VAR}=reference|auto"
-            )
-        return "triton"
-    return "triton" if x.device.type == "cuda" and triton_available() else "reference"
-
-
-def l2norm_scale(x: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """``y_c = γ_c · x_c / sqrt(Σ_c' x_c'² + eps)`` at every position of ``x`` (``N×C×H×W``).
-
-    Differentiable in ``x`` and ``gamma``.  See :func:`l2norm_scale_reference`
-    for the contract and :mod:`dla_repro.kernels.l2norm` for the kernel.
-    """
-    if kernel_backend(x) == "triton":
-        from .l2norm import l2norm_scale_triton
-
-        return l2norm_scale_triton(x, gamma, eps)
-    return l2norm_scale_reference(x, gamma, eps)
+# --------------------------------------------------------------------------- the op table
+#: ``l2norm_scale(x, gamma, eps=1e-10)``: ParseNet's L2Norm with a learned scale,
+#: differentiable in ``x`` and ``gamma``; contract: :func:`l2norm_scale_reference`.
+l2norm_scale = register_op(KernelOp(
+    name="l2norm_scale",
+    reference=l2norm_scale_reference,
+    triton="dla_repro.kernels.l2norm_triton:l2norm_scale_triton",
+    bench=l2norm.BENCH,
+    test=l2norm.TEST,
+    grad_inputs=(0, 1),
+    source="ParseNet, arXiv 1506.04579, §3.3",
+))  # fmt: skip

@@ -1,383 +1,151 @@
-"""Triton forward and backward kernels for ParseNet's L2 normalisation with scale.
+"""ParseNet's L2 normalisation with a learned per-channel scale: reference, bench and test specs.
 
-Equations (ParseNet §3.3; the reference is :func:`.reference.l2norm_scale_reference`).
-For each position ``p = (n, h, w)`` of ``x`` (``N×C×H×W``) and channel ``c``::
+ParseNet (Liu, Rabinovich, Berg, arXiv 1506.04579, §3.3) normalises each
+position's feature vector before fusing features of different scales, then
+rescales every channel by a learned ``γ``.  For each position ``p = (n, h, w)``
+of ``x`` (``N×C×H×W``) and channel ``c``::
 
-    r_p   = 1 / sqrt(Σ_c x_pc² + eps)              (inverse norm; eps as in Caffe)
-    x̂_pc  = x_pc · r_p
-    y_pc  = γ_c · x̂_pc
+    x̂_pc = x_pc / sqrt(Σ_c' x_pc'² + eps)
+    y_pc = γ_c · x̂_pc
 
-    ĝ_pc  = ∂l/∂y_pc · γ_c                           (∂l/∂x̂)
-    ∂l/∂x_pc = r_p · (ĝ_pc − x̂_pc · Σ_c' ĝ_pc' x̂_pc')   (= ĝ · (I/‖x‖ − x xᵀ/‖x‖³), eps included)
-    ∂l/∂γ_c  = Σ_p ∂l/∂y_pc · x̂_pc
+``eps = 1e-10`` as in the official Caffe layer (``weiliu89/caffe``,
+``src/caffe/layers/normalize_layer.cpp`` with ``across_spatial: false``;
+``NormalizeParameter.eps`` defaults to 1e-10 in ``src/caffe/proto/caffe.proto``).
+The gradients the Triton kernel implements (autograd of the reference gives
+the same) are in :mod:`.l2norm_triton`.
 
-Kernel design
--------------
-*Blocking.*  A program owns a tile of ``BLOCK_P`` positions of one image times
-``BLOCK_C`` channels.  When ``BLOCK_C >= C`` (``SINGLE``) the whole channel
-vector of its positions sits in registers: the forward reads ``x`` once and
-writes ``y`` once.  Otherwise the kernel loops over channel blocks twice
-(sum of squares, then scale and store); the second read of the tile normally
-hits L2, the DRAM traffic stays close to one read.  The forward also stores
-``r`` (``N×H×W``, ``C`` times smaller than ``x``) for the backward.
-
-*Strides.*  Each tensor is addressed as ``n·s_n + c·s_c + q·s_q`` where
-``q = h·W + w`` indexes the flattened ``H×W`` plane; this covers contiguous
-(``s_q = 1``), ``channels_last`` (``s_c = 1``), channel slices of a larger
-tensor and expanded (stride-0) gradients, without copies.  Only a tensor whose
-``H`` and ``W`` cannot be merged into one stride (e.g. a spatial transpose or a
-crop in ``W``) is copied with ``.contiguous()`` first.  Triton specialises
-strides equal to 1, so the unit-stride axis (``q`` or ``c``) is known at compile
-time and the loads are coalesced along it in either layout.
-
-*∂γ reduction.*  The backward is persistent: ``G = min(#tiles, k·#SMs)``
-programs, program ``i`` takes tiles ``i, i+G, i+2G, …``.  Each program reduces
-its ``dy·x̂`` over its positions into its own row of a ``G×C`` float32/float64
-buffer -- in registers when ``SINGLE``, else with ``atomic_add`` on its own
-row (no contention between programs, one atomic per channel per tile) -- and
-``torch.sum`` over the ``G`` rows gives ∂γ.  Each row is written by one
-program in a fixed order, so the result is deterministic for a given ``G``.
-
-*Precision.*  Accumulation in float32 (float64 for float64 inputs); ``y`` is
-stored in ``promote_types(x.dtype, γ.dtype)`` like the reference.
-
-*Interpreter.*  On CPU tensors the kernels run only under Triton's interpreter,
-and Triton fixes interpreted-or-compiled for the whole process when
-``triton.language`` is first imported (its ``tl.sum``, ``tl.zeros`` … are
-jitted then; importing timm imports triton).  So ``TRITON_INTERPRET=1`` must be
-set before that -- in the shell or in a fresh subprocess, as the tests do; a
-mismatch is reported as a clear error instead of a Triton traceback.  Importing
-this module imports triton; the package ``dla_repro.kernels`` imports it only
-when the kernel is actually used.
+This module does not import triton: the reference is what CPU and CI run.
 """
 
-import math
-import os
-from typing import Optional, Tuple
+from __future__ import annotations
+
+from typing import Sequence, Tuple
 
 import torch
-import triton
-import triton.language as tl
 
-from .reference import _check_l2norm_args, accumulation_dtype
+from .registry import BenchSpec, CompileCase, TestCase, TestSpec, accumulation_dtype
 
-__all__ = ["l2norm_scale_triton", "interpreter_enabled", "choose_blocks"]
-
-MAX_BLOCK_C = 1024  # widest channel block kept in registers
-# BLOCK_C × BLOCK_P per program.  With 8 warps, ptxas (sm_90a) reports 64-101
-# registers for the forward at 8192 elements and 80-174 for the backward at 4096
-# (which holds x, dy and their products), no spills; the backward at 8192 needs
-# 235-255 registers (one CTA per SM).  Untuned on hardware.
-TILE_FORWARD = 8192
-TILE_BACKWARD = 4096
-_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["l2norm_scale_reference", "make_inputs", "bytes_moved", "BENCH", "TEST"]
 
 
-def _l2norm_fwd_kernel(
-    x_ptr, g_ptr, y_ptr, rn_ptr,
-    C, HW, n_hw_blocks,
-    sxn, sxc, sxq, syn, syc, syq,
-    eps,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    pid = tl.program_id(0)
-    n = pid // n_hw_blocks
-    q = (pid - n * n_hw_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    qmask = q < HW
-    n64 = n.to(tl.int64)
-    q64 = q.to(tl.int64)
-    x_pos = x_ptr + n64 * sxn + q64[None, :] * sxq  # [1, BLOCK_P]
-    y_pos = y_ptr + n64 * syn + q64[None, :] * syq
-    cols = tl.arange(0, BLOCK_C)
-    if SINGLE:
-        cmask = cols < C
-        mask = cmask[:, None] & qmask[None, :]
-        c64 = cols.to(tl.int64)[:, None]
-        x = tl.load(x_pos + c64 * sxc, mask=mask, other=0.0).to(ACC)
-        rn = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) + eps)
-        g = tl.load(g_ptr + cols, mask=cmask, other=0.0).to(ACC)
-        y = x * rn[None, :] * g[:, None]
-        tl.store(y_pos + c64 * syc, y.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        ss = tl.zeros([BLOCK_P], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + cols
-            mask = (c < C)[:, None] & qmask[None, :]
-            x = tl.load(x_pos + c.to(tl.int64)[:, None] * sxc, mask=mask, other=0.0).to(ACC)
-            ss += tl.sum(x * x, axis=0)
-        rn = 1.0 / tl.sqrt(ss + eps)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + cols
-            cmask = c < C
-            mask = cmask[:, None] & qmask[None, :]
-            c64 = c.to(tl.int64)[:, None]
-            x = tl.load(x_pos + c64 * sxc, mask=mask, other=0.0).to(ACC)
-            g = tl.load(g_ptr + c, mask=cmask, other=0.0).to(ACC)
-            y = x * rn[None, :] * g[:, None]
-            tl.store(y_pos + c64 * syc, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(rn_ptr + n64 * HW + q64, rn, mask=qmask)
+def l2norm_scale_reference(x: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """ParseNet's L2 normalisation over channels with a per-channel scale.
 
+    For every position ``(n, h, w)`` of ``x`` (``N×C×H×W``, any memory format)::
 
-def _l2norm_bwd_kernel(
-    x_ptr, g_ptr, dy_ptr, rn_ptr, dx_ptr, dgp_ptr,
-    C, HW, n_hw_blocks, n_blocks,
-    sxn, sxc, sxq, sdn, sdc, sdq, sen, sec, seq,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, SINGLE: tl.constexpr,
-    NEED_DX: tl.constexpr, NEED_DG: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    # dy strides: sd*, dx strides: se*.  dgp: G×C partial sums of ∂γ, one row per program.
-    pid = tl.program_id(0)
-    n_progs = tl.num_programs(0)
-    cols = tl.arange(0, BLOCK_C)
-    dg_row = dgp_ptr + pid.to(tl.int64) * C
-    if SINGLE:
-        cmask = cols < C
-        c64 = cols.to(tl.int64)[:, None]
-        g = tl.load(g_ptr + cols, mask=cmask, other=0.0).to(ACC)
-        dg_acc = tl.zeros([BLOCK_C], dtype=ACC)
-        for b in range(pid, n_blocks, n_progs):
-            n = b // n_hw_blocks
-            q = (b - n * n_hw_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-            qmask = q < HW
-            mask = cmask[:, None] & qmask[None, :]
-            n64 = n.to(tl.int64)
-            q64 = q.to(tl.int64)
-            x = tl.load(x_ptr + n64 * sxn + q64[None, :] * sxq + c64 * sxc, mask=mask, other=0.0).to(ACC)
-            dy = tl.load(dy_ptr + n64 * sdn + q64[None, :] * sdq + c64 * sdc, mask=mask, other=0.0).to(ACC)
-            rn = tl.load(rn_ptr + n64 * HW + q64, mask=qmask, other=0.0)
-            xh = x * rn[None, :]
-            if NEED_DG:
-                dg_acc += tl.sum(dy * xh, axis=1)
-            if NEED_DX:
-                gh = dy * g[:, None]
-                dot = tl.sum(gh * xh, axis=0)
-                dx = (gh - xh * dot[None, :]) * rn[None, :]
-                dx_ptrs = dx_ptr + n64 * sen + q64[None, :] * seq + c64 * sec
-                tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        if NEED_DG:
-            tl.store(dg_row + cols, dg_acc, mask=cmask)
-    else:
-        for b in range(pid, n_blocks, n_progs):
-            n = b // n_hw_blocks
-            q = (b - n * n_hw_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-            qmask = q < HW
-            n64 = n.to(tl.int64)
-            q64 = q.to(tl.int64)
-            x_pos = x_ptr + n64 * sxn + q64[None, :] * sxq
-            dy_pos = dy_ptr + n64 * sdn + q64[None, :] * sdq
-            rn = tl.load(rn_ptr + n64 * HW + q64, mask=qmask, other=0.0)
-            if NEED_DX:
-                # first pass: Σ_c ĝ_c x_c (times r below gives ĝ·x̂)
-                dot = tl.zeros([BLOCK_P], dtype=ACC)
-                for c0 in range(0, C, BLOCK_C):
-                    c = c0 + cols
-                    cmask = c < C
-                    mask = cmask[:, None] & qmask[None, :]
-                    c64 = c.to(tl.int64)[:, None]
-                    x = tl.load(x_pos + c64 * sxc, mask=mask, other=0.0).to(ACC)
-                    dy = tl.load(dy_pos + c64 * sdc, mask=mask, other=0.0).to(ACC)
-                    g = tl.load(g_ptr + c, mask=cmask, other=0.0).to(ACC)
-                    dot += tl.sum(dy * g[:, None] * x, axis=0)
-                dot = dot * rn
-            for c0 in range(0, C, BLOCK_C):
-                c = c0 + cols
-                cmask = c < C
-                mask = cmask[:, None] & qmask[None, :]
-                c64 = c.to(tl.int64)[:, None]
-                x = tl.load(x_pos + c64 * sxc, mask=mask, other=0.0).to(ACC)
-                dy = tl.load(dy_pos + c64 * sdc, mask=mask, other=0.0).to(ACC)
-                xh = x * rn[None, :]
-                if NEED_DG:
-                    # own row of the partial buffer: no contention, fixed order
-                    tl.atomic_add(dg_row + c, tl.sum(dy * xh, axis=1), mask=cmask)
-                if NEED_DX:
-                    g = tl.load(g_ptr + c, mask=cmask, other=0.0).to(ACC)
-                    gh = dy * g[:, None]
-                    dx = (gh - xh * dot[None, :]) * rn[None, :]
-                    dx_ptrs = dx_ptr + n64 * sen + q64[None, :] * seq + c64 * sec
-                    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        x̂_c = x_c / sqrt(Σ_c' x_c'² + eps)
+        y_c = γ_c · x̂_c
 
-
-_JITTED = {}
-
-
-def interpreter_enabled() -> bool:
-    """Whether Triton runs interpreted on the CPU in this process.
-
-    Triton decides at the import of ``triton.language`` (its library functions
-    such as ``tl.sum`` are jitted then), so ``TRITON_INTERPRET=1`` must be in the
-    environment before triton is first imported -- note that importing timm
-    imports triton.  Run interpreted code in a fresh process if in doubt.
+    ``gamma`` has shape ``(C,)``.  The result has dtype
+    ``torch.promote_types(x.dtype, gamma.dtype)`` and the memory format of ``x``;
+    the norm is accumulated in :func:`~.registry.accumulation_dtype`.
     """
-    return type(tl.standard.sum).__name__ == "InterpretedFunction"
-
-
-def _kernels():
-    """(forward, backward), jitted on first use for the mode triton runs in."""
-    interpreted = interpreter_enabled()
-    if bool(triton.knobs.runtime.interpret) != interpreted:
-        now = os.environ.get("TRITON_INTERPRET", "<unset>")
-        raise RuntimeError(
-            f"TRITON_INTERPRET is {now} now, but triton.language was imported "
-            f"{'with' if interpreted else 'without'} the interpreter: Triton fixes the mode when it is "
-            "first imported (importing timm imports it). Set TRITON_INTERPRET=1 before anything "
-            "imports triton, e.g. in the shell or in a fresh subprocess"
-        )
-    if interpreted not in _JITTED:
-        _JITTED[interpreted] = (triton.jit(_l2norm_fwd_kernel), triton.jit(_l2norm_bwd_kernel))
-    return _JITTED[interpreted]
-
-
-def choose_blocks(
-    C: int, HW: int, block_c: Optional[int] = None, block_p: Optional[int] = None, tile: int = TILE_FORWARD
-) -> Tuple[int, int]:
-    """``(BLOCK_C, BLOCK_P)``: the whole channel vector up to 1024 channels, ``tile`` elements a program.
-
-    A heuristic, not tuned on hardware.  Explicit values must be powers of two.
-    """
-    for name, v in (("block_c", block_c), ("block_p", block_p)):
-        if v is not None and (v < 1 or v & (v - 1)):
-            raise ValueError(f"{name} must be a positive power of two, got {v}")
-    bc = block_c or min(triton.next_power_of_2(max(C, 1)), MAX_BLOCK_C)
-    bp = block_p or max(1, min(tile // bc, triton.next_power_of_2(max(HW, 1))))
-    return bc, bp
-
-
-def _plane_strides(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """``t`` (copied only if needed) and its strides ``(s_n, s_c, s_q)`` over ``(n, c, h·W + w)``."""
-    _, _, H, W = t.shape
-    sn, sc, sh, sw = t.stride()
-    if H == 1 or W == 1 or sh == W * sw:
-        return t, (sn, sc, sw if W > 1 else sh)
-    t = t.contiguous()
-    sn, sc, _, sw = t.stride()
-    return t, (sn, sc, sw)
-
-
-def _check_device(x: torch.Tensor) -> None:
-    if x.device.type != "cuda" and not interpreter_enabled():
-        raise RuntimeError(
-            f"the Triton L2Norm kernel runs on CUDA tensors; x is on {x.device}. On a CPU it runs "
-            "only under Triton's interpreter: set TRITON_INTERPRET=1 in the environment before "
-            "triton is first imported (a fresh process), or use the reference "
-            "(DLA_REPRO_KERNELS=reference or auto)"
-        )
-    if x.dtype not in _SUPPORTED:
-        raise TypeError(f"the Triton L2Norm kernel supports {_SUPPORTED}, got {x.dtype}")
-
-
-def _default_programs(device: torch.device) -> int:
-    if device.type == "cuda" and not interpreter_enabled():
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8
-
-
-def _forward(x, gamma, eps, block_c, block_p):
-    N, C, H, W = x.shape
-    HW = H * W
+    check_l2norm_args(x, gamma)
     out_dtype = torch.promote_types(x.dtype, gamma.dtype)
     acc = accumulation_dtype(out_dtype)
-    y = torch.empty_like(x, dtype=out_dtype)  # keeps the memory format of x
-    rn = torch.empty((N, HW), device=x.device, dtype=acc)
-    if y.numel() == 0:
-        return y, rn
-    x, (sxn, sxc, sxq) = _plane_strides(x)
-    y_k, (syn, syc, syq) = _plane_strides(y)
-    bc, bp = choose_blocks(C, HW, block_c, block_p)
-    n_hw_blocks = triton.cdiv(HW, bp)
-    fwd, _ = _kernels()
-    fwd[(N * n_hw_blocks,)](
-        x, gamma.contiguous(), y_k, rn,
-        C, HW, n_hw_blocks,
-        sxn, sxc, sxq, syn, syc, syq,
-        float(eps),
-        BLOCK_C=bc, BLOCK_P=bp, SINGLE=bc >= C, ACC=_tl_dtype(acc),
-        num_warps=8 if bc * bp >= 4096 else 4,
-    )  # fmt: skip
-    if y_k is not y:
-        y.copy_(y_k)
-    return y, rn
+    xf = x.to(acc)
+    inv_norm = torch.rsqrt(xf.square().sum(dim=1, keepdim=True) + eps)
+    return (xf * inv_norm * gamma.to(acc).view(1, -1, 1, 1)).to(out_dtype)
 
 
-def _backward(dy, x, gamma, rn, need_dx, need_dg, block_c, block_p, max_programs):
-    N, C, H, W = x.shape
-    HW = H * W
-    acc = rn.dtype
-    dx = torch.empty_like(x) if need_dx else None
-    bc, bp = choose_blocks(C, HW, block_c, block_p, tile=TILE_BACKWARD)
-    n_hw_blocks = triton.cdiv(HW, bp)
-    n_blocks = N * n_hw_blocks
-    G = max(1, min(n_blocks, max_programs or _default_programs(x.device)))
-    dg_part = torch.zeros((G, C), device=x.device, dtype=acc) if need_dg else None
-    if x.numel() == 0:
-        return dx, (torch.zeros_like(gamma) if need_dg else None)
-    x, (sxn, sxc, sxq) = _plane_strides(x)
-    dy, (sdn, sdc, sdq) = _plane_strides(dy)
-    if need_dx:
-        dx_k, (sen, sec, seq) = _plane_strides(dx)
-    else:
-        dx_k, (sen, sec, seq) = x, (0, 0, 0)  # never written (NEED_DX=False)
-    _, bwd = _kernels()
-    bwd[(G,)](
-        x, gamma.contiguous(), dy, rn, dx_k, dg_part if need_dg else rn,
-        C, HW, n_hw_blocks, n_blocks,
-        sxn, sxc, sxq, sdn, sdc, sdq, sen, sec, seq,
-        BLOCK_C=bc, BLOCK_P=bp, SINGLE=bc >= C, NEED_DX=need_dx, NEED_DG=need_dg, ACC=_tl_dtype(acc),
-        num_warps=8 if bc * bp >= 4096 else 4,
-    )  # fmt: skip
-    if need_dx and dx_k is not dx:
-        dx.copy_(dx_k)
-    dg = dg_part.sum(0).to(gamma.dtype) if need_dg else None
-    return dx, dg
+def check_l2norm_args(x: torch.Tensor, gamma: torch.Tensor) -> None:
+    """The shape and dtype contract shared by the reference and the kernel."""
+    if x.dim() != 4:
+        raise ValueError(f"l2norm_scale expects x of shape N×C×H×W, got shape {tuple(x.shape)}")
+    if gamma.dim() != 1 or gamma.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"l2norm_scale expects gamma of shape ({x.shape[1]},) for x with {x.shape[1]} channels, "
+            f"got shape {tuple(gamma.shape)}"
+        )
+    if not (x.is_floating_point() and gamma.is_floating_point()):
+        raise TypeError(f"l2norm_scale expects floating-point tensors, got {x.dtype} and {gamma.dtype}")
 
 
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+# --------------------------------------------------------------------------- bench spec
+def make_inputs(shape, dtype: torch.dtype, device: torch.device, generator: torch.Generator):
+    """``(x, γ)``: ``x ~ N(0, 1)`` of ``shape`` (``N×C×H×W``), ``γ ~ U(0.5, 1.5)`` of shape ``(C,)``."""
+    x = torch.randn(shape, generator=generator).to(device, dtype)
+    gamma = (torch.rand(shape[1], generator=generator) + 0.5).to(device, dtype)
+    return x, gamma
 
 
-class _L2NormScaleFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, gamma, eps, block_c, block_p, max_programs):
-        y, rn = _forward(x, gamma, eps, block_c, block_p)
-        ctx.save_for_backward(x, gamma, rn)
-        ctx.blocks = (block_c, block_p, max_programs)
-        return y
+def bytes_moved(inputs: Sequence[torch.Tensor], output: torch.Tensor) -> Tuple[int, int]:
+    """Least DRAM traffic: forward reads ``x``, writes ``y``; backward reads ``x``, ``∂l/∂y``, writes ``∂l/∂x``.
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, gamma, rn = ctx.saved_tensors
-        need_dx, need_dg = ctx.needs_input_grad[:2]
-        if not (need_dx or need_dg):
-            return None, None, None, None, None, None
-        dx, dg = _backward(dy, x, gamma, rn, need_dx, need_dg, *ctx.blocks)
-        return dx, dg, None, None, None, None
-
-
-@torch.compiler.disable  # an opaque call inside torch.compile'd models (kernel tracing untested: no GPU here)
-def l2norm_scale_triton(
-    x: torch.Tensor,
-    gamma: torch.Tensor,
-    eps: float = 1e-10,
-    *,
-    block_c: Optional[int] = None,
-    block_p: Optional[int] = None,
-    max_programs: Optional[int] = None,
-) -> torch.Tensor:
-    """The Triton kernel, differentiable in ``x`` and ``gamma`` (once).
-
-    Same contract as :func:`~dla_repro.kernels.reference.l2norm_scale_reference`.
-    ``block_c``/``block_p`` override :func:`choose_blocks`; ``max_programs``
-    caps the backward grid ``G`` (default ``4 × SMs``; 8 in the interpreter).
+    ``(2 · numel · bytes, 5 · numel · bytes)``.  γ, ∂γ and the kernel's saved
+    ``1/‖x‖`` (``C`` times smaller than ``x``) are not counted.
     """
-    _check_l2norm_args(x, gamma)
-    _check_device(x)
-    if gamma.device != x.device:
-        raise ValueError(f"gamma is on {gamma.device}, x on {x.device}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite non-negative number, got {eps}")
-    if x.device.type == "cuda":
-        with torch.cuda.device(x.device):
-            return _L2NormScaleFunction.apply(x, gamma, eps, block_c, block_p, max_programs)
-    return _L2NormScaleFunction.apply(x, gamma, eps, block_c, block_p, max_programs)
+    x = inputs[0]
+    return 2 * x.numel() * x.element_size(), 5 * x.numel() * x.element_size()
 
+
+BENCH = BenchSpec(
+    make_inputs=make_inputs,
+    bytes_moved=bytes_moved,
+    shapes=((16, 512, 64, 64), (16, 1024, 64, 64)),  # fc7-like widths at a 64×64 feature map
+)
+
+
+# --------------------------------------------------------------------------- test spec
+def _compile_case(kernel: str, layout: str, dtype: torch.dtype, **constexprs) -> CompileCase:
+    """A specialisation as at launch: the layout's unit-stride axis (q or c) is a constant 1 for every tensor."""
+    acc = accumulation_dtype(dtype)
+    axis = "q" if layout == "contiguous" else "c"
+    return CompileCase(
+        kernel=kernel,
+        constexprs=dict(constexprs, ACC=acc),
+        dtype=dtype,
+        pointer_dtypes={"rn_ptr": acc, "dgp_ptr": acc},  # 1/‖x‖ and the ∂γ partial sums
+        unit_strides=tuple(f"s{t}{axis}" for t in "xyde"),  # x, y, ∂l/∂y (d), ∂l/∂x (e)
+        floats=("eps",),
+        expect_ptx="ld.global.v4.b32" if dtype == torch.float32 else "",  # 128-bit loads in both layouts
+    )
+
+
+_TILES = dict(block_p=4, max_programs=3)  # several tiles per backward program, a ragged last tile
+_F32, _F64 = torch.float32, torch.float64
+
+TEST = TestSpec(
+    cases=(
+        TestCase((2, 3, 5, 4), kernel_kwargs=_TILES),
+        TestCase((2, 37, 3, 5), layout="channels_last", kernel_kwargs=_TILES),
+        TestCase((2, 37, 3, 3), layout="channels_last", grad_layout="contiguous", kernel_kwargs=_TILES),
+        TestCase((2, 300, 3, 3), kernel_kwargs=dict(block_c=128, **_TILES)),  # C > block: two passes
+        TestCase(
+            (1, 300, 4, 3), layout="channels_last", grad_layout="contiguous", kernel_kwargs=dict(block_c=128, **_TILES)
+        ),
+        TestCase((2, 37, 3, 3), _F64, grad_layout="channels_last", kernel_kwargs=dict(block_c=16, **_TILES)),
+        TestCase((2, 37, 2, 3), torch.bfloat16, layout="channels_last", kernel_kwargs=_TILES),
+        TestCase((3, 300, 1, 1), kernel_kwargs=dict(block_c=128, **_TILES)),  # a pooled (global context) map
+        TestCase((2, 19, 6, 5), grad_layout="sum"),  # default blocks; an expanded (stride-0) gradient
+        TestCase((2, 30, 3, 4), layout="channel_slice", kernel_kwargs=dict(block_c=16)),  # strided, no copy
+        TestCase((2, 30, 3, 4), layout="spatial_transpose", kernel_kwargs=dict(block_c=16)),  # copied first
+        TestCase((1, 7, 3, 3), requires_grad=(True, False)),  # frozen γ (the fixed-scale ablation): only ∂x
+        TestCase((1, 7, 3, 3), requires_grad=(True, False), kernel_kwargs=dict(block_c=4)),
+        TestCase((1, 7, 3, 3), requires_grad=(False, True)),  # only γ learns
+        TestCase((1, 7, 3, 3), requires_grad=(False, True), kernel_kwargs=dict(block_c=4)),
+    ),
+    tolerances={
+        _F32: dict(rtol=1e-5, atol=1e-5),
+        _F64: dict(rtol=1e-10, atol=1e-12),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+    },
+    gradcheck=(
+        TestCase((1, 5, 2, 3), _F64, kernel_kwargs=dict(block_c=2)),
+        TestCase((1, 4, 3, 2), _F64, layout="channels_last"),
+    ),
+    compile_cases=(
+        _compile_case("_l2norm_fwd_kernel", "contiguous", _F32, BLOCK_C=512, BLOCK_P=16, SINGLE=True),
+        _compile_case("_l2norm_fwd_kernel", "channels_last", torch.bfloat16, BLOCK_C=128, BLOCK_P=64, SINGLE=False),
+        _compile_case(
+            "_l2norm_bwd_kernel", "contiguous", _F32, BLOCK_C=512, BLOCK_P=8, SINGLE=True, NEED_DX=True, NEED_DG=True
+        ),
+        _compile_case(
+            "_l2norm_bwd_kernel", "channels_last", torch.float16,
+            BLOCK_C=128, BLOCK_P=32, SINGLE=False, NEED_DX=True, NEED_DG=True,
+        ),  # fmt: skip
+        _compile_case(
+            "_l2norm_bwd_kernel", "contiguous", _F64, BLOCK_C=64, BLOCK_P=16, SINGLE=False, NEED_DX=False, NEED_DG=True
+        ),
+    ),
+)
