@@ -3,7 +3,7 @@
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
-    dla-repro bench {models,synthetic,kernels} [...]
+    dla-repro bench {models,synthetic,kernels} [--op NAME ...] [...]
     dla-repro report [--profile P]
 """
 
@@ -66,31 +66,39 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import write_benchmark
+
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.what == "models":
-        from .bench import bench_models, write_benchmark
+        from .bench import bench_models
 
         df = bench_models(
             variants=args.variants, device=args.device, batch_size=args.batch_size,
             image_size=args.image_size or 224, steps=args.steps,
         )
-        print(df.to_string(index=False))
-        print(f"wrote {write_benchmark(df, args.name or f'models_{df.device.iloc[0]}')}")
+        name = args.name or f"models_{df.device.iloc[0]}"
     elif args.what == "synthetic":
         from .data.synthetic import benchmark_generator
 
         sizes = [args.image_size] if args.image_size else [32, 64, 128]
         df = benchmark_generator(image_sizes=sizes, write=True)
         print(df.to_string(index=False))
+        return 0
     else:  # kernels
-        from .bench_kernels import bench_l2norm, write_benchmark as write_kernels
+        from .bench.kernels import bench_kernels, selection
 
-        df = bench_l2norm(args.device, 16, [512, 1024], args.image_size or 64, 20, 5)
-        print(df.to_string(index=False))
-        print(f"wrote {write_kernels(df)}")
+        try:
+            selection(args.op, args.impls, args.device)
+        except ValueError as exc:
+            print(f"dla-repro: error: {exc}", file=sys.stderr)
+            return 2
+        df = bench_kernels(args.op, args.device, image_size=args.image_size, impls=args.impls)
+        name = args.name or f"kernels_{df.device.iloc[0]}"
+    print(df.to_string(index=False))
+    print(f"wrote {write_benchmark(df, name)}")
     return 0
 
 
@@ -140,8 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=None,
-                   help="models: 224; synthetic: 32, 64 and 128; kernels: 64")
+                   help="models: 224; synthetic: 32, 64 and 128; kernels: H = W of each op's default shapes")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--op", nargs="+", default=None, metavar="NAME", help="kernels: ops of the table (default: all)")
+    p.add_argument("--impls", nargs="+", default=None, metavar="IMPL",
+                   help="kernels: triton, eager, compile (default: all on CUDA, eager and compile on CPU)")
     p.add_argument("--name", default=None, help="output file stem")
     p.set_defaults(func=_cmd_bench)
 

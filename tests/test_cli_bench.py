@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dla_repro import cli
+from dla_repro.bench import KERNEL_COLUMNS
 from dla_repro.paths import results_dir
 
 
@@ -16,6 +17,15 @@ def test_bench_synthetic_writes_its_table(capsys):
 
 
 def test_bench_kernels_on_cpu_times_the_reference(capsys):
-    assert cli.main(["bench", "kernels", "--device", "cpu", "--image-size", "4"]) == 0
+    argv = ["bench", "kernels", "--device", "cpu", "--image-size", "4", "--op", "l2norm_scale", "--impls", "eager"]
+    assert cli.main(argv) == 0
     df = pd.read_csv(results_dir() / "benchmarks" / "kernels_cpu.csv")
-    assert len(df) and "wrote" in capsys.readouterr().out
+    assert list(df.columns) == KERNEL_COLUMNS and set(df["impl"]) == {"eager"}
+    assert set(df["shape"]) == {"16x512x4x4", "16x1024x4x4"} and len(df) == 4  # default N, C at H = W = 4
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_bench_kernels_unknown_op_is_a_clear_error(capsys):
+    assert cli.main(["bench", "kernels", "--device", "cpu", "--op", "l2_norm"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown kernel op 'l2_norm'" in err and "l2norm_scale" in err and "Traceback" not in err

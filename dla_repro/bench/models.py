@@ -16,17 +16,16 @@ default is ``fp32`` only; on CUDA all four.
 from __future__ import annotations
 
 import contextlib
-import platform
-import re
 import statistics
-import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SETTINGS", "bench_models", "hardware_string", "write_benchmark"]
+from .hardware import bench_device, hardware_string
+from .timing import check_repeats, time_interleaved
+
+__all__ = ["SETTINGS", "COLUMNS", "bench_models"]
 
 SETTINGS = ("fp32", "bf16", "channels_last", "compile")
 COLUMNS = [
@@ -47,28 +46,6 @@ COLUMNS = [
     "torch",
     "timm",
 ]
-
-
-def hardware_string(device: Union[str, torch.device] = "cpu") -> str:
-    """A readable name of the hardware: the GPU's name on CUDA, else the CPU model and thread count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{name} ({torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _train_step_fn(model: torch.nn.Module, setting: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -116,18 +93,15 @@ def bench_models(
     import pandas as pd
     import timm
 
-    from .models import dla as _dla  # noqa: F401  (registers dlarepro_*)
+    from ..models import dla as _dla  # noqa: F401  (registers dlarepro_*)
 
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("bench_models(device='cuda'): no CUDA device is available")
+    device = bench_device(device, "bench_models")
     if settings is None:
         settings = SETTINGS if device.type == "cuda" else ("fp32",)
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown settings {unknown}; expected some of {SETTINGS}")
-    if steps < 1 or rounds < 1 or warmup < 0:
-        raise ValueError("need steps >= 1, rounds >= 1, warmup >= 0")
+    check_repeats(steps, rounds, warmup)
     hardware = hardware_string(device)
     rows: List[Dict] = []
     for variant in variants:
@@ -139,20 +113,8 @@ def bench_models(
             x = torch.randn(batch_size, 3, image_size, image_size, device=device)
             y = torch.randint(0, num_classes, (batch_size,), device=device)
             fns = {"dla_repro": _train_step_fn(ours, setting, x, y), "timm": _train_step_fn(ref, setting, x, y)}
-            for fn in fns.values():
-                for _ in range(warmup):
-                    fn()
-            _sync(device)
-            rates: Dict[str, List[float]] = {impl: [] for impl in fns}
-            for r in range(rounds):
-                order = list(fns) if r % 2 == 0 else list(fns)[::-1]
-                for impl in order:
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    for _ in range(steps):
-                        fns[impl]()
-                    _sync(device)
-                    rates[impl].append(batch_size * steps / (time.perf_counter() - t0))
+            timings = time_interleaved(fns, iters=steps, rounds=rounds, warmup=warmup, device=device)
+            rates = {impl: [batch_size / t for t in timing.seconds] for impl, timing in timings.items()}
             median = {impl: statistics.median(v) for impl, v in rates.items()}
             best = {impl: max(v) for impl, v in rates.items()}
             ratio, ratio_best = median["dla_repro"] / median["timm"], best["dla_repro"] / best["timm"]
@@ -179,15 +141,3 @@ def bench_models(
                 )
             del ref, ours, fns
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def write_benchmark(df, name: str) -> Path:
-    """Write ``df`` to ``results/benchmarks/<name>.csv`` (under ``dla_repro.paths.results_dir()``)."""
-    from .paths import results_dir
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"benchmark name {name!r}: use letters, digits, '_', '-', '.' (no path)")
-    path = results_dir() / "benchmarks" / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return path
