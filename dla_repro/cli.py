@@ -81,12 +81,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         name = args.name or f"models_{df.device.iloc[0]}"
     elif args.what == "synthetic":
-        from .data.synthetic import benchmark_generator
+        from .bench import bench_synthetic
 
-        sizes = [args.image_size] if args.image_size else [32, 64, 128]
-        df = benchmark_generator(image_sizes=sizes, write=True)
-        print(df.to_string(index=False))
-        return 0
+        df = bench_synthetic(image_sizes=[args.image_size] if args.image_size else [32, 64, 128])
+        name = args.name or "synthetic_cpu"
     else:  # kernels
         from .bench.kernels import bench_kernels, selection
 

@@ -7,12 +7,12 @@ module                      measures
 :mod:`.models`              train-step throughput of our DLA vs timm's (``dla-repro bench models``)
 :mod:`.kernels`             every op of the kernel table: Triton vs eager vs ``torch.compile``
                             (``dla-repro bench kernels [--op NAME]``)
+:mod:`.data`                samples/s of the synthetic data generator on a CPU
+                            (``dla-repro bench synthetic``)
 ==========================  ===============================================================
 
-The synthetic data generator's speed (``dla-repro bench synthetic``) is
-measured by :func:`dla_repro.data.synthetic.benchmark_generator`, which writes
-with :func:`write_benchmark` too.  Every row names its hardware
-(:func:`hardware_string`).
+Every row names its hardware (:func:`hardware_string`); :func:`write_benchmark`
+writes a suite's table.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .data import COLUMNS as SYNTHETIC_COLUMNS
+from .data import bench_synthetic
 from .hardware import PEAK_BANDWIDTH_GBPS, hardware_string, peak_bandwidth_gbps
 from .kernels import COLUMNS as KERNEL_COLUMNS
 from .kernels import IMPLS, bench_kernels, bench_shapes
@@ -33,10 +35,12 @@ __all__ = [
     "MODEL_COLUMNS",
     "PEAK_BANDWIDTH_GBPS",
     "SETTINGS",
+    "SYNTHETIC_COLUMNS",
     "Timing",
     "bench_kernels",
     "bench_models",
     "bench_shapes",
+    "bench_synthetic",
     "hardware_string",
     "peak_bandwidth_gbps",
     "sync",

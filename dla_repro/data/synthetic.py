@@ -72,7 +72,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +95,6 @@ __all__ = [
     "denormalize",
     "boundary_map",
     "class_statistics",
-    "benchmark_generator",
 ]
 
 SYNTHETIC_VERSION = "synthetic-v1"
@@ -838,60 +836,3 @@ def class_statistics(data: Mapping[str, torch.Tensor] | SyntheticDataset, config
         rows.append(("boundary", c, name, count, count / max(boundary.numel(), 1), images, False))
     return pd.DataFrame(rows, columns=["space", "class_id", "class_name", "count", "frequency", "images", "context"])
 
-
-# --------------------------------------------------------------------------- benchmark
-def benchmark_generator(
-    image_sizes: Sequence[int] = (32, 64, 128),
-    n: int = 2048,
-    chunk_size: int = 256,
-    threads: int = 1,
-    repeats: int = 3,
-    config: SyntheticConfig | None = None,
-    write: bool = False,
-):
-    """Samples per second of ``generate`` on this CPU, one row per image size (best of ``repeats``).
-
-    Runs with ``torch.set_num_threads(threads)`` (restored afterwards).  ``write=True``
-    also writes ``results/benchmarks/synthetic_cpu.csv``.
-    """
-    import platform
-
-    import pandas as pd
-
-    from ..bench import hardware_string, write_benchmark
-
-    base = config or SyntheticConfig()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows = []
-    try:
-        for size in image_sizes:
-            cfg = base.replace(image_size=int(size))
-            generate(cfg, min(n, chunk_size), seed=0, split="warmup", chunk_size=chunk_size)
-            times = []
-            for r in range(repeats):
-                t0 = time.perf_counter()
-                generate(cfg, n, seed=r, split="bench", chunk_size=chunk_size)
-                times.append(time.perf_counter() - t0)
-            best, median = min(times), sorted(times)[len(times) // 2]
-            rows.append({
-                "generator": SYNTHETIC_VERSION,
-                "config_digest": cfg.digest(),
-                "image_size": int(size),
-                "n": n,
-                "chunk_size": chunk_size,
-                "threads": threads,
-                "samples_per_s": n / best,
-                "samples_per_s_median": n / median,
-                "repeats": repeats,
-                "cpu": hardware_string("cpu").rsplit(" (", 1)[0],
-                "platform": platform.platform(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-            })
-    finally:
-        torch.set_num_threads(previous)
-    df = pd.DataFrame(rows)
-    if write:
-        write_benchmark(df, "synthetic_cpu")
-    return df
