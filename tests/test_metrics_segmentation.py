@@ -8,7 +8,18 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from dla_repro.metrics.segmentation import SegmentationMetrics, confusion_matrix, scores_from_confusion
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dla_repro.labels import IGNORE_INDEX
+from dla_repro.metrics.segmentation import (
+    SegmentationMetrics,
+    confusion_matrix,
+    dataset_confusion,
+    iou_from_confusion,
+    scores_from_confusion,
+)
+from dla_repro.outputs import ModelOutput
 
 
 def test_hand_computed_case_with_ignore_and_an_absent_class():
@@ -103,3 +114,61 @@ def test_engine_segmentation_task_uses_it():
     out = {k: float(v) for k, v in meter.compute().items()}
     assert out["miou"] == 1.0 and out["pixel_acc"] == 1.0
     assert type(meter.inner).__name__ == "SegmentationMetrics"
+
+
+def test_iou_from_confusion_and_scores_agree():
+    m = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 0, 4]])  # class 1: predicted once, never true -> IoU 0
+    iou = iou_from_confusion(m)
+    assert iou.dtype == torch.float64 and iou.tolist() == pytest.approx([3 / 6, 0.0, 4 / 6])
+    assert torch.equal(scores_from_confusion(m)["iou_per_class"], iou)
+    assert math.isnan(iou_from_confusion(torch.zeros(2, 2, dtype=torch.long))[0])
+    assert IGNORE_INDEX == 255
+
+
+class _Segmenter(nn.Module):
+    """Conv + BatchNorm + dropout (so train and eval mode differ); optionally returns an aux output."""
+
+    def __init__(self, aux: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.5))
+        self.cls = nn.Conv2d(8, 4, 1)
+        self.aux = aux
+
+    def forward(self, x):
+        out = self.cls(self.body(x))
+        return ModelOutput(out, {"aux": -out}) if self.aux else out
+
+
+def test_dataset_confusion_is_the_eval_mode_pass_in_order():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, 6, 6, generator=g)
+    y = torch.randint(0, 4, (10, 6, 6), generator=g)
+    y[:, 0] = IGNORE_INDEX
+    data = TensorDataset(x, y)
+    model = _Segmenter()
+    model(x)  # move BatchNorm's running stats away from their init: eval mode must use them
+    model.train()
+
+    cm = dataset_confusion(model, data, 4, batch_size=4)
+    assert model.training, "the mode it was in is restored"
+    # by hand, as the notebooks did before: eval mode, batches of 4 in order, gradients on, CPU counts
+    model.eval()
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    for i in range(0, 10, 4):
+        expected += confusion_matrix(model(x[i : i + 4]).argmax(1), y[i : i + 4], 4)
+    assert cm.dtype == torch.long and cm.device.type == "cpu"
+    assert torch.equal(cm, expected) and cm.sum() == (y != IGNORE_INDEX).sum()
+    assert torch.equal(dataset_confusion(model, data, 4, batch_size=4), cm) and not model.training  # eval stays eval
+
+    with_aux = _Segmenter(aux=True)
+    with_aux.load_state_dict(model.state_dict())
+    assert torch.equal(dataset_confusion(with_aux, data, 4, batch_size=4), cm), "the main output is scored"
+
+
+def test_dataset_confusion_restores_the_mode_after_an_error():
+    model = _Segmenter().train()
+    bad = TensorDataset(torch.randn(2, 3, 4, 4), torch.full((2, 4, 4), 9))  # label 9 of 4 classes
+    with pytest.raises(ValueError, match="labels must be in 0..3"):
+        dataset_confusion(model, bad, 4)
+    assert model.training

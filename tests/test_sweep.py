@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 
+import numpy as np
+import pandas as pd
 import pytest
 from torch import nn
 
+from dla_repro import tracking
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, claims_table, compare
 from dla_repro.engine import TrainConfig, Trial, sweep
 from test_engine import client, toy_data
@@ -48,6 +52,69 @@ def test_sweep_rejects_duplicate_names_and_no_seeds():
         sweep("dup", [trial, trial], toy_data(16, 8), cfg)
     with pytest.raises(ValueError, match="seed"):
         sweep("noseed", [trial], toy_data(16, 8), cfg, seeds=[])
+
+
+def _measure(model, fit_result):
+    """What a study's evaluation returns: scalars of several kinds, a curve, a map."""
+    weight = model[0].weight.detach()
+    return {
+        "wnorm": weight.norm(),  # 0-d tensor -> float
+        "n_epochs": len(fit_result.history),  # int
+        "undefined": float("nan"),
+        "label": "conv",  # string: row only, not a metric
+        "curve": pd.DataFrame({"threshold": [0.25, 0.5], "f": [0.1, float(weight.abs().mean())]}),
+        "edge map": np.full((2, 3), 7.0),
+    }
+
+
+def test_sweep_evaluate_hook_scalars_to_rows_and_metrics_artifacts_kept_and_logged():
+    trials = [Trial("w=2", {"width": 2}, functools.partial(_model, 2))]
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, schedule="constant", progress=False)
+    result = sweep("hooked", trials, toy_data(64, 32), cfg, seeds=[1, 0], evaluate=_measure)
+
+    runs = result.runs
+    assert {"wnorm", "n_epochs", "undefined", "label"} <= set(runs) and not {"curve", "edge map"} & set(runs)
+    assert isinstance(runs.loc[0, "wnorm"], float) and runs.loc[0, "n_epochs"] == 2
+    assert result.values("w=2", "wnorm") == runs.sort_values("seed")["wnorm"].tolist()
+    assert result.values("w=2", "seed") == [0, 1]
+    with pytest.raises(KeyError, match="no trial"):
+        result.values("w=9", "wnorm")
+
+    assert set(result.artifacts) == {("w=2", 1), ("w=2", 0)}
+    kept = result.artifacts[("w=2", 0)]
+    assert set(kept) == {"curve", "edge map"} and kept["edge map"].shape == (2, 3)
+
+    mlflow_client = client()
+    for seed, run_id in zip(runs["seed"], runs["run_id"]):
+        run = mlflow_client.get_run(run_id)
+        row = runs[runs["seed"] == seed].iloc[0]
+        assert run.data.metrics["wnorm"] == pytest.approx(row["wnorm"], rel=1e-12)
+        assert math.isnan(run.data.metrics["undefined"]) and "label" not in run.data.metrics
+        assert [m.step for m in mlflow_client.get_metric_history(run_id, "wnorm")] == [1]  # the last epoch
+        assert [a.path for a in mlflow_client.list_artifacts(run_id, "evaluate")] == ["evaluate/curve.csv"]
+        csv = mlflow_client.download_artifacts(run_id, "evaluate/curve.csv")
+        pd.testing.assert_frame_equal(pd.read_csv(csv), result.artifacts[("w=2", seed)]["curve"])
+
+
+def test_sweep_extra_is_an_alias_of_evaluate():
+    trials = [Trial("w=2", {"width": 2}, functools.partial(_model, 2))]
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, progress=False)
+    old = sweep("old name", trials, toy_data(32, 16), cfg, extra=lambda m, r: {"twice": 2.0 * r.final["val_loss"]})
+    assert old.runs.loc[0, "twice"] == 2.0 * old.runs.loc[0, "val_loss"]
+    assert client().get_run(old.runs.loc[0, "run_id"]).data.metrics["twice"] == old.runs.loc[0, "twice"]
+    with pytest.raises(ValueError, match="not both"):
+        sweep("both", trials, toy_data(32, 16), cfg, evaluate=_measure, extra=_measure)
+
+
+def test_log_metrics_logs_each_value_once():
+    with tracking.child_run("once") as run:
+        run_id = run.info.run_id
+    tracking.log_metrics(run_id, {"a": 1.0, "b": float("nan")}, step=3)  # to a finished run
+    tracking.log_metrics(run_id, {"a": 1.0, "b": float("nan")}, step=3)  # a rerun: nothing new
+    tracking.log_metrics(run_id, {"a": 2.0}, step=4)
+    history = client().get_metric_history(run_id, "a")
+    assert [(m.step, m.value) for m in history] == [(3, 1.0), (4, 2.0)]
+    assert len(client().get_metric_history(run_id, "b")) == 1
 
 
 def test_verdicts():
