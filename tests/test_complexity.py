@@ -9,7 +9,8 @@ from torch import nn
 
 import dla_repro  # noqa: F401
 from dla_repro.metrics.complexity import count_complexity, count_macs
-from dla_repro.models import REFERENCE, VARIANTS, create_dla
+from dla_repro.experiments.dla.reference import REFERENCE
+from dla_repro.models import VARIANTS, create_dla
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -15,7 +15,7 @@ from dla_repro.models import (
     AGGREGATION_MODES,
     VARIANTS,
     AggregationNode,
-    CheckpointError,
+    PretrainedWeightsError,
     SequentialStage,
     Tree,
     create_dla,
@@ -190,9 +190,9 @@ def test_loader_reads_the_official_layout_and_reports_what_it_ignored(tmp_path):
 def test_loader_errors_name_the_path(tmp_path):
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="corrupt.pth"):
+    with pytest.raises(PretrainedWeightsError, match="corrupt.pth"):
         load_dla_checkpoint(create_dla("dla34", **TINY), bad)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_dla_checkpoint(create_dla("dla34", **TINY), tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(PretrainedWeightsError, match="does not fit"):
         load_dla_checkpoint(create_dla("dla34", **TINY), create_dla("dla46_c", **TINY).state_dict())

@@ -10,8 +10,21 @@ imported -- whichever comes first:
   finishes, so ``import dla_repro; import timm; timm.create_model("dlarepro_dla34")``
   works in either order.
 
-Names such as ``DLA`` or ``load_dla_checkpoint`` resolve lazily from the
-submodules (``from dla_repro.models import DLA`` imports :mod:`.dla`).
+Names such as ``DLA``, ``create_backbone`` or ``create_dla_up`` resolve lazily
+from the submodules (``from dla_repro.models import DLA`` imports :mod:`.dla`):
+
+==================  ==============================================================
+``blocks``          residual blocks (basic, bottleneck, split)
+``aggregation``     aggregation node, HDA tree, IDA stage
+``dla``             the DLA classifiers, registered in timm as ``dlarepro_*``
+``dla_checkpoint``  loading timm's / the authors' DLA weights
+``dla_family``      the aggregation ablation at matched parameter count
+``backbones``       ``features_only`` backbones, the tiny DLA (``tiny=True``)
+``segmentation``    the segmentation contract: backbone → decoder/head (+ aux head)
+``dla_up``          DLA-Up and the FCN decoder on that contract
+``parsenet``        ParseNet's L2 normalisation, global context and head
+``plain``           the plain calibration baseline
+==================  ==============================================================
 """
 
 from __future__ import annotations
@@ -24,27 +37,13 @@ import sys
 _EXPORTS = {
     "blocks": ("BasicBlock", "Bottleneck", "BLOCKS", "make_block", "bottleneck_width"),
     "aggregation": ("AggregationNode", "Tree", "SequentialStage"),
-    "dla": (
-        "AGGREGATION_MODES",
-        "VARIANTS",
-        "REFERENCE",
-        "DLA",
-        "create_dla",
-        "CheckpointError",
-        "CheckpointReport",
-        "load_dla_checkpoint",
-        "FamilyMember",
-        "matched_family",
-    ),
-    "dla_up": (
-        "BilinearConvTranspose2d",
-        "bilinear_upsampler",
-        "IDAUp",
-        "DLAUp",
-        "DLAUpSegmenter",
-        "create_dla_up",
-        "boundary_task",
-    ),
+    "dla": ("AGGREGATION_MODES", "VARIANTS", "DLA", "create_dla"),
+    "dla_checkpoint": ("PretrainedWeightsError", "CheckpointReport", "load_dla_checkpoint"),
+    "dla_family": ("FamilyMember", "matched_family"),
+    "backbones": ("TINY_CHANNELS", "create_backbone"),
+    "segmentation": ("BaseSegmenter", "Segmenter", "FCNHead", "level_info", "feature_channels", "select_levels"),
+    "dla_up": ("BilinearConvTranspose2d", "bilinear_upsampler", "IDAUp", "DLAUp", "DLAUpSegmenter", "create_dla_up"),
+    "parsenet": ("L2NormScale", "ParseNetHead", "ParseNetSegmenter", "create_parsenet", "vgg16_fcn"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -1,4 +1,4 @@
-"""DLA classifiers (Deep Layer Aggregation, Yu et al., CVPR 2018, §4.1), registered in timm.
+"""DLA classifiers (Deep Layer Aggregation, Yu et al., CVPR 2018, arXiv 1707.06484, §4.1), registered in timm.
 
 Network (official ucbdrive/dla layout, kept so its and timm's weights load):
 
@@ -12,7 +12,7 @@ A stage (``level2`` … ``level5``) has 2^levels[i] blocks.  How they are
 aggregated is the ``aggregation`` switch:
 
 =========  ===============================================================
-``full``   the paper's DLA: an HDA :class:`~.agg.Tree` per stage, and
+``full``   the paper's DLA: an HDA :class:`~.aggregation.Tree` per stage, and
            IDA across stages (the stage input joins the last root where
            ``level_roots`` says so -- stages 3-5 in the official nets)
 ``hda``    the same trees, the stage input never joined
@@ -24,17 +24,17 @@ aggregated is the ``aggregation`` switch:
 
 The ten variants are configurations (:data:`VARIANTS`), not subclasses.  After
 ``import dla_repro`` every one is ``timm.create_model("dlarepro_<variant>")``;
-any config key can be overridden there (``channels=(8, 16, 32, 64, 128, 256)``
-makes a tiny DLA for CPU experiments).
+any config key can be overridden there (``channels=...`` changes the widths;
+the CPU-sized DLA of the experiments is :func:`~.backbones.create_backbone`
+with ``tiny=True``).  Loading the official or timm weights:
+:mod:`.dla_checkpoint`; the ablation modes at matched parameter count:
+:mod:`.dla_family`.
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -50,22 +50,12 @@ from . import blocks as blk
 if TYPE_CHECKING:
     from .blocks import LayerType
 
-__all__ = [
-    "AGGREGATION_MODES",
-    "VARIANTS",
-    "REFERENCE",
-    "DLA",
-    "create_dla",
-    "CheckpointError",
-    "CheckpointReport",
-    "load_dla_checkpoint",
-    "FamilyMember",
-    "matched_family",
-]
+__all__ = ["AGGREGATION_MODES", "VARIANTS", "DLA", "create_dla"]
 
 AGGREGATION_MODES = ("none", "ida", "hda", "full")
 
-#: The ten DLA classifiers (PAPERS.md §1): levels, channels, block, residual root.
+#: The ten DLA classifiers (arXiv 1707.06484 §4.1; official ucbdrive/dla ``dla.py``, ``dla34()`` …
+#: ``dla169()``, the same in timm ``timm/models/dla.py``): levels, channels, block, residual root.
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "dla34": dict(levels=(1, 1, 1, 2, 2, 1), channels=(16, 32, 64, 128, 256, 512), block="basic"),
     "dla46_c": dict(levels=(1, 1, 1, 2, 2, 1), channels=(16, 32, 64, 64, 128, 256), block="bottleneck"),
@@ -90,25 +80,6 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
         levels=(1, 1, 2, 3, 5, 1), channels=(16, 32, 128, 256, 512, 1024), block="bottleneck", residual_root=True
     ),
 }
-
-NA = "n/a"
-
-#: Reference figures from PAPERS.md §1: parameters (millions) and GMACs at 224x224
-#: as listed by timm, ImageNet top-1 of the authors' weights as evaluated by timm
-#: (``results/results-imagenet.csv``).  The paper's own table was not found: "n/a".
-REFERENCE: Dict[str, Dict[str, Any]] = {
-    "dla34": dict(params_m=15.74, gmacs=3.07, top1_timm=74.63, top1_paper=NA),
-    "dla46_c": dict(params_m=1.30, gmacs=0.58, top1_timm=64.88, top1_paper=NA),
-    "dla46x_c": dict(params_m=1.07, gmacs=0.54, top1_timm=66.01, top1_paper=NA),
-    "dla60x_c": dict(params_m=1.32, gmacs=0.59, top1_timm=67.93, top1_paper=NA),
-    "dla60": dict(params_m=22.04, gmacs=4.26, top1_timm=77.04, top1_paper=NA),
-    "dla60x": dict(params_m=17.35, gmacs=3.54, top1_timm=78.23, top1_paper=NA),
-    "dla102": dict(params_m=33.27, gmacs=7.19, top1_timm=78.02, top1_paper=NA),
-    "dla102x": dict(params_m=26.31, gmacs=5.89, top1_timm=78.52, top1_paper=NA),
-    "dla102x2": dict(params_m=41.28, gmacs=9.34, top1_timm=79.45, top1_paper=NA),
-    "dla169": dict(params_m=53.39, gmacs=11.6, top1_timm=78.70, top1_paper=NA),
-}
-REFERENCE_SOURCE = "timm results-imagenet.csv / benchmark CSVs via PAPERS.md §1; paper table not found"
 
 _DEFAULT_LEVEL_ROOTS = (False, True, True, True)
 
@@ -442,204 +413,3 @@ def dlarepro_dla102x2(pretrained: bool = False, **kwargs) -> DLA:
 @register_model
 def dlarepro_dla169(pretrained: bool = False, **kwargs) -> DLA:
     return _create("dla169", pretrained, **kwargs)
-
-
-# --- checkpoints ------------------------------------------------------------------
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
-
-
-@dataclass
-class CheckpointReport:
-    """What :func:`load_dla_checkpoint` did besides loading tensors one-to-one."""
-
-    source: str
-    loaded: int = 0
-    ignored: List[str] = field(default_factory=list)  # in the checkpoint, deliberately not loaded
-    converted: List[str] = field(default_factory=list)  # reshaped to fit (e.g. a Linear fc)
-    filled: List[str] = field(default_factory=list)  # absent from the checkpoint, kept from the model
-
-    def __str__(self) -> str:
-        parts = [f"{self.loaded} tensors from {self.source}"]
-        for name in ("ignored", "converted", "filled"):
-            keys = getattr(self, name)
-            if keys:
-                parts.append(f"{name} {len(keys)}: {', '.join(keys)}")
-        return "; ".join(parts)
-
-
-_UNUSED_PROJECT = re.compile(r"^(?P<tree>.+)\.project\.")
-
-
-def load_dla_checkpoint(
-    model: nn.Module, source: Union[str, Path, Mapping[str, torch.Tensor]], strict: bool = True
-) -> CheckpointReport:
-    """Load timm's or the original authors' (ucbdrive/dla) DLA weights into ``model``.
-
-    ``source`` is a path (read with ``torch.load(..., weights_only=True)``) or a
-    state dict; a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a
-    ``module.`` prefix are undone.  Differences of the official layout handled:
-
-    * ``<tree>.project.*`` of trees with ``levels > 1``: the official code builds
-      these projections but never uses them -- ignored and reported;
-    * ``fc.weight`` stored as a Linear ``[classes, C]`` weight: reshaped to the
-      1x1 conv ``[classes, C, 1, 1]`` (the official ``fc`` already is a conv);
-    * BatchNorm ``num_batches_tracked`` absent (pre-0.4 PyTorch): kept from the model.
-
-    Anything else that does not match is an error when ``strict``.
-    """
-    if isinstance(source, Mapping):
-        name, state = "<state_dict>", dict(source)
-    else:
-        path = Path(source).expanduser()
-        name = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"DLA checkpoint not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling, zip and EOF errors all mean the same to the user
-            raise CheckpointError(f"cannot read DLA checkpoint {path}: {type(err).__name__}: {err}") from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{name} does not hold a state dict of tensors")
-    state = dict(state)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-
-    own = model.state_dict()
-    report = CheckpointReport(source=name)
-    for key in [k for k in state if k not in own]:
-        match = _UNUSED_PROJECT.match(key)
-        if match:
-            try:
-                tree = model.get_submodule(match["tree"])
-            except AttributeError:
-                tree = None
-            if isinstance(tree, agg.Tree) and tree.levels > 1:
-                report.ignored.append(key)
-                del state[key]
-    fc = state.get("fc.weight")
-    if fc is not None and "fc.weight" in own and fc.ndim == 2 and own["fc.weight"].ndim == 4:
-        state["fc.weight"] = fc[:, :, None, None]
-        report.converted.append("fc.weight")
-    for key in own:
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = own[key]
-            report.filled.append(key)
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {name} does not fit the model: {err}") from err
-    report.loaded = sum(1 for k in state if k in own) - len(report.filled)
-    return report
-
-
-# --- ablation families at matched parameter count ---------------------------------
-@dataclass
-class FamilyMember:
-    """One ablation mode of a variant, widened or narrowed to the family's target size."""
-
-    variant: str
-    mode: str
-    width_mult: float
-    channels: Tuple[int, ...]
-    params: int
-    target_params: int
-    kwargs: Dict[str, Any]  # everything for timm.create_model(f"dlarepro_{variant}", **kwargs)
-
-    @property
-    def rel_diff(self) -> float:
-        return self.params / self.target_params - 1.0
-
-    def create(self, **overrides) -> DLA:
-        return create_dla(self.variant, **{**self.kwargs, **overrides})
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(asdict(self), rel_diff=self.rel_diff)
-
-
-def _config_of(variant: str, overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown DLA variant {variant!r}; expected one of {list(VARIANTS)}")
-    return {**VARIANTS[variant], **overrides}
-
-
-def _param_count(config: Mapping[str, Any], cache: Dict[Any, int]) -> int:
-    key = tuple(sorted((k, repr(v)) for k, v in config.items()))
-    if key not in cache:
-        with torch.device("meta"):
-            cache[key] = sum(p.numel() for p in DLA(**config).parameters())
-    return cache[key]
-
-
-def _channel_divisors(config: Mapping[str, Any]) -> Tuple[int, ...]:
-    """Smallest width steps that keep each level valid: 8 for convs and plain blocks;
-    for split blocks 128/base_width, so the grouped width ⌊c·w/64⌋·g/2 stays a
-    multiple of the cardinality g."""
-    block = config.get("block", "basic")
-    step = 8
-    if block == "split" or (block == "bottleneck" and (config.get("cardinality") or 1) > 1):
-        base_width = config.get("base_width") or blk.BLOCK_DEFAULTS[block][1]
-        step = max(8, -(-128 // base_width))
-    return (8, 8) + (step,) * 4
-
-
-def _scaled(channels: Sequence[int], mult: float, divisors: Sequence[int]) -> Tuple[int, ...]:
-    return tuple(max(d, int(round(c * mult / d)) * d) for c, d in zip(channels, divisors))
-
-
-def matched_family(
-    variant: str = "dla34",
-    modes: Sequence[str] = AGGREGATION_MODES,
-    target_params: Optional[int] = None,
-    tolerance: float = 0.05,
-    **model_kwargs,
-) -> List[FamilyMember]:
-    """Ablation modes of ``variant`` with (nearly) equal parameter counts.
-
-    The target is ``target_params`` or, by default, the parameter count of the
-    ``full`` model with ``model_kwargs`` (e.g. ``channels=...`` for a tiny DLA,
-    ``num_classes=10``).  For each mode one width multiplier w scales all six
-    widths (rounded to valid steps, see :func:`_channel_divisors`); w is found
-    by bisection and the closer of the two bracketing widths is kept.  A mode
-    that cannot get within ``tolerance`` (relative) raises ``ValueError``.
-    Counting happens on the meta device: no memory, no init cost.
-    """
-    base = _config_of(variant, model_kwargs)
-    unknown = [m for m in modes if m not in AGGREGATION_MODES]
-    if unknown:
-        raise ValueError(f"unknown aggregation modes {unknown}; expected a subset of {AGGREGATION_MODES}")
-    cache: Dict[Any, int] = {}
-    target = int(target_params) if target_params else _param_count(dict(base, aggregation="full"), cache)
-    divisors = _channel_divisors(base)
-    members = []
-    for mode in modes:
-        def count(mult: float) -> Tuple[int, Tuple[int, ...]]:
-            chans = _scaled(base["channels"], mult, divisors)
-            return _param_count(dict(base, aggregation=mode, channels=chans), cache), chans
-
-        lo, hi = 1.0, 1.0
-        while count(lo)[0] > target and lo > 1 / 64:
-            lo /= 2
-        while count(hi)[0] < target and hi < 64:
-            hi *= 2
-        for _ in range(24):
-            mid = (lo + hi) / 2
-            if count(mid)[0] < target:
-                lo = mid
-            else:
-                hi = mid
-        best = min((lo, hi), key=lambda m: abs(count(m)[0] - target))
-        if mode == "full" and target_params is None:
-            best = 1.0
-        params, chans = count(best)
-        if abs(params / target - 1) > tolerance:
-            raise ValueError(
-                f"{variant} aggregation={mode!r}: closest width {chans} has {params:,} params, "
-                f"{params / target - 1:+.1%} from the target {target:,} (tolerance {tolerance:.0%})"
-            )
-        kwargs = dict(model_kwargs, aggregation=mode, channels=chans)
-        members.append(FamilyMember(variant, mode, best, chans, params, target, kwargs))
-    return members

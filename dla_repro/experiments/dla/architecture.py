@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import torch
 
 from ...metrics.complexity import count_complexity
-from ...models.dla import NA, REFERENCE, VARIANTS, create_dla
+from ...models.dla import VARIANTS, create_dla
+from .reference import NA, REFERENCE
 
 __all__ = ["architecture_table", "plot_params_vs_gmacs"]
 

@@ -40,9 +40,11 @@ import torch
 
 from ...analysis.claims import INCONCLUSIVE, Verdict, claims_table, floor_note
 from ...engine import ClassificationTask, TrainConfig, Trial
-from ...models.dla import AGGREGATION_MODES, REFERENCE, REFERENCE_SOURCE, VARIANTS, create_dla, matched_family
+from ...models.dla import AGGREGATION_MODES, VARIANTS, create_dla
+from ...models.dla_family import matched_family
 from .. import study
 from ..study import Claim
+from .reference import REFERENCE, REFERENCE_SOURCE
 
 __all__ = [
     "ABLATIONS",
