@@ -12,9 +12,9 @@ from dla_repro.models.dla_up import (
     IDAUp,
     bilinear_kernel,
     bilinear_upsampler,
-    boundary_task,
     create_dla_up,
 )
+from dla_repro.experiments.dla.tasks import boundary_task
 
 TINY = dict(channels=(8, 16, 32, 64, 128, 256))
 

@@ -17,10 +17,10 @@ from dla_repro.models.parsenet import (
     create_parsenet,
     global_context,
     load_vgg_fc_weights,
-    select_feature,
     vgg16_fcn,
     vgg_fc_neck,
 )
+from dla_repro.models.segmentation import select_levels
 
 
 @pytest.fixture(autouse=True)
@@ -129,12 +129,14 @@ def test_segmenter_with_a_plain_module_and_other_levels():
         create_parsenet(backbone, num_classes=2, in_channels=6, pretrained=True)
 
 
-def test_select_feature():
+def test_select_levels():
     t = torch.zeros(1)
-    assert select_feature(t) is t
-    assert select_feature([1, t]) is t and select_feature((t, 1), 0) is t and select_feature({"a": 1, "b": t}) is t
+    assert select_levels(t) is t
+    assert select_levels([1, t]) is t and select_levels((t, 1), 0) is t and select_levels({"a": 1, "b": t}) is t
+    picked = select_levels([1, t, 2], (2, 1))
+    assert picked[0] == 2 and picked[1] is t
     with pytest.raises(TypeError):
-        select_feature(None)
+        select_levels(None)
 
 
 def test_vgg16_fcn_baseline_and_parsenet():

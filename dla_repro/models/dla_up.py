@@ -1,9 +1,10 @@
-"""DLA-Up: iterative deep aggregation for dense prediction (Deep Layer Aggregation, §4.2, §5.3).
+"""DLA-Up: iterative deep aggregation for dense prediction (Deep Layer Aggregation, arXiv 1707.06484, §4.2).
 
 A backbone (any ``features_only`` timm model with ``feature_info`` -- the
 ``dlarepro_*`` DLAs or timm's own ``dla34``) gives levels ``x_l`` at strides
 ``2^l``.  DLA-Up merges them back from the deepest to the stride ``down_ratio``
-with IDA used a second time, now upsampling (PAPERS.md §1, "Dense prediction"):
+with IDA used a second time, now upsampling (§4.2, Fig. 4; official code
+ucbdrive/dla ``dla_up.py``: ``IDAUp``, ``DLAUp``, ``DLASeg``):
 
 * :class:`BilinearConvTranspose2d` -- the upsampler ``U_s``: a depthwise
   ``ConvTranspose2d`` (kernel ``2s - s mod 2``, stride ``s``, padding ``⌊s/2⌋``)
@@ -21,16 +22,18 @@ with IDA used a second time, now upsampling (PAPERS.md §1, "Dense prediction"):
   at the resolution of ``x_{j+1}``), replacing those levels by its own ``y``; the
   final ``y_L`` of the last step (at stride ``2^f = down_ratio``) is the decoder output.
   Widths: each step projects to the width of its shallowest level ``x_j`` (the
-  official ucbdrive/dla code); ``width=32`` projects everything to 32 channels (the
-  paper text).
+  official ``dla_up.py``); ``width=32`` projects everything to 32 channels (the
+  paper text, §4.2).
 
-:class:`DLAUpSegmenter` adds the head: a 1×1 classifier at stride ``down_ratio``
-(2 by default, as in the paper; 4 or 8 configurable) whose scores are upsampled
-bilinearly to the input size.  ``decoder="fcn"`` is the ablation without
-aggregation: the classifier on the deepest level only, upsampled in one step
-(FCN-32s-like).  The boundary head is the same with 2 classes (background,
-edge); the paper's positive-class weight ``edge_weight = 10`` is a loss weight,
-see :func:`boundary_task`.
+:class:`DLAUpSegmenter` is DLA-Up on the segmentation contract
+(:mod:`.segmentation`): the decoder, then a 1×1 classifier at stride
+``down_ratio`` (2 by default, as in the paper; 4 or 8 configurable) whose scores
+are upsampled bilinearly to the input size.  ``decoder="fcn"``
+(:class:`FCNDecoder`) is the ablation without aggregation: the classifier on the
+deepest level only, upsampled in one step (FCN-32s-like).  The boundary head
+(§5.4) is the same with 2 classes (background, edge); its positive-class weight
+(``--edge-weight 10`` in the official BSDS and PASCAL-boundary commands,
+ucbdrive/dla ``README.md``) is a loss weight and lives with the task.
 
 :func:`create_dla_up` builds one from a timm model name.
 """
@@ -46,6 +49,8 @@ from torch import nn
 from timm.layers import ConvNormAct
 
 from .aggregation import AggregationNode
+from .backbones import create_backbone
+from .segmentation import BaseSegmenter, level_info
 
 __all__ = [
     "DECODERS",
@@ -58,7 +63,6 @@ __all__ = [
     "FCNDecoder",
     "DLAUpSegmenter",
     "create_dla_up",
-    "boundary_task",
 ]
 
 DECODERS = ("ida_up", "fcn")
@@ -256,18 +260,19 @@ class FCNDecoder(nn.Module):
         return levels[-1]
 
 
-class DLAUpSegmenter(nn.Module):
-    """``backbone → levels from stride down_ratio → decoder → 1×1 classifier → bilinear to input size``.
+class DLAUpSegmenter(BaseSegmenter):
+    """DLA-Up / FCN on the segmentation contract: ``decoder`` then the 1×1 ``classifier``.
 
-    ``forward`` returns ``N×num_classes×H×W`` logits; ``forward_scores`` the
-    classifier's scores at the decoder's stride (``down_ratio`` for ``ida_up``,
-    the backbone's last stride for ``fcn``).  The final upsampling is fixed
-    bilinear (``F.interpolate``); the official code uses a frozen bilinear
-    transposed conv, which is the same away from the border.  An input whose
-    sides are not multiples of the backbone's total stride ``stride`` (e.g.
-    CamVid's 360×480 at stride 32) is zero-padded at the bottom/right to the
-    next multiple and the logits cropped back (0 is the mean colour after
-    normalisation).
+    ``decoder`` (:class:`DLAUp` or :class:`FCNDecoder`) reads the levels from
+    stride ``down_ratio`` on (``first_level`` is the first of them);
+    ``classifier`` is a 1×1 conv initialised ``W ~ N(0, 2/C)`` with C the decoder
+    width (He, fan-in; the official ``DLASeg.fc`` of ucbdrive/dla ``dla_up.py``
+    uses the fan-out, ``N(0, 2/K)`` with K classes) and zero bias.  ``forward`` returns ``N×num_classes×H×W`` logits (:class:`BaseSegmenter`:
+    padded to the backbone's stride, bilinear to the input size);
+    ``forward_scores`` the classifier's scores at the decoder's stride
+    (``down_ratio`` for ``ida_up``, the backbone's last stride for ``fcn``).  The
+    final upsampling is fixed bilinear (``F.interpolate``); the official code uses
+    a frozen bilinear transposed conv, which is the same away from the border.
     """
 
     def __init__(
@@ -279,36 +284,24 @@ class DLAUpSegmenter(nn.Module):
         down_ratio: int,
         decoder_name: str,
         head: str = "segmentation",
+        *,
+        aux_head: Optional[nn.Module] = None,
+        aux_index: Optional[int] = None,
     ):
-        super().__init__()
-        self.backbone, self.decoder = backbone, decoder
+        levels = range(first_level, len(level_info(backbone)[0]))
+        super().__init__(backbone, tuple(levels), aux_head=aux_head, aux_index=aux_index)
+        self.decoder = decoder
         self.first_level, self.down_ratio = first_level, down_ratio
         self.decoder_name, self.head_name, self.num_classes = decoder_name, head, num_classes
-        info = getattr(backbone, "feature_info", None)
-        self.stride = int(max(info.reduction())) if info is not None and hasattr(info, "reduction") else 1
         self.classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
-        nn.init.normal_(self.classifier.weight, std=math.sqrt(2.0 / decoder.out_channels))  # He init, as the official head
+        nn.init.normal_(self.classifier.weight, std=math.sqrt(2.0 / decoder.out_channels))
         nn.init.zeros_(self.classifier.bias)
 
-    def levels(self, x: torch.Tensor) -> List[torch.Tensor]:
-        feats = self.backbone(x)
-        if isinstance(feats, dict):
-            feats = list(feats.values())
-        return list(feats)[self.first_level :]
+    def decode(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(inputs)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.levels(x))
-
-    def forward_scores(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = -h % self.stride, -w % self.stride
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        logits = F.interpolate(self.forward_scores(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
 
     def extra_repr(self) -> str:
         return f"decoder={self.decoder_name!r}, head={self.head_name!r}, down_ratio={self.down_ratio}"
@@ -325,19 +318,21 @@ def create_dla_up(
     width: Optional[int] = None,
     trainable_up: bool = True,
     border: str = "zero",
+    tiny: bool = False,
     pretrained: bool = False,
     **backbone_kwargs: Any,
 ) -> DLAUpSegmenter:
     """DLA-Up (``decoder="ida_up"``) or the FCN ablation (``"fcn"``) on a ``features_only`` backbone.
 
     ``backbone``: a timm model name (``"dlarepro_dla34"``, timm's ``"dla34"``, …;
-    built with ``features_only=True`` and ``backbone_kwargs``, e.g.
-    ``channels=(8, 16, 32, 64, 128, 256)`` for a tiny ``dlarepro_*`` net) or a
-    module with ``feature_info`` returning a list of levels.
+    built by :func:`~.backbones.create_backbone` with ``tiny``, ``pretrained``
+    and ``backbone_kwargs``; ``tiny=True`` is the CPU-sized ``dlarepro_*`` DLA)
+    or a module with ``feature_info`` returning a list of levels.
     ``down_ratio``: stride of the prediction (2, 4 or 8; must be one of the
     backbone's level strides); levels shallower than it are not used.
-    ``head="boundary"``: 2 classes (``num_classes`` may be omitted or 2); train it
-    with :func:`boundary_task`.  Logits come back at the input resolution.
+    ``head="boundary"``: 2 classes (``num_classes`` may be omitted or 2), trained
+    with a positive-class weight in the loss (official: 10, see the module
+    docstring).  Logits come back at the input resolution.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
@@ -353,19 +348,13 @@ def create_dla_up(
         raise ValueError(f"down_ratio must be 2, 4 or 8, got {down_ratio!r}")
     _check_kernel(node_kernel)
     if isinstance(backbone, str):
-        import timm
-
-        from . import register
-
-        register()  # the dlarepro_* names in timm's registry
-
-        backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True, **backbone_kwargs)
-    elif backbone_kwargs or pretrained:
-        raise ValueError("backbone_kwargs and pretrained apply only to a backbone given by name")
+        backbone = create_backbone(backbone, tiny=tiny, pretrained=pretrained, **backbone_kwargs)
+    elif backbone_kwargs or pretrained or tiny:
+        raise ValueError("backbone_kwargs, tiny and pretrained apply only to a backbone given by name")
     info = getattr(backbone, "feature_info", None)
     if info is None or not hasattr(info, "reduction"):
         raise ValueError(f"{type(backbone).__name__} has no feature_info; build it with features_only=True")
-    channels, reductions = [int(c) for c in info.channels()], [int(r) for r in info.reduction()]
+    channels, reductions = level_info(backbone)
     if down_ratio not in reductions:
         raise ValueError(f"down_ratio={down_ratio} is not a level stride of the backbone (strides {reductions})")
     first = reductions.index(down_ratio)
@@ -376,12 +365,3 @@ def create_dla_up(
             raise ValueError(f"ida_up needs ≥ 2 levels at stride ≥ {down_ratio}, backbone has strides {reductions}")
         dec = DLAUp(channels[first:], reductions[first:], node_kernel, width, trainable_up, border)
     return DLAUpSegmenter(backbone, dec, num_classes, first, down_ratio, decoder, head)
-
-
-def boundary_task(edge_weight: float = 10.0, ignore_index: int = 255, evaluator=None):
-    """The boundary loss: 2-class cross-entropy with weights ``(1, edge_weight)`` (paper: ``edge_weight = 10``)."""
-    from ..engine.tasks import SegmentationTask
-
-    if not edge_weight > 0:
-        raise ValueError(f"edge_weight must be positive, got {edge_weight!r}")
-    return SegmentationTask(2, ignore_index=ignore_index, class_weights=[1.0, float(edge_weight)], evaluator=evaluator)

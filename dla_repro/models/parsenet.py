@@ -1,15 +1,15 @@
-"""ParseNet (Liu, Rabinovich, Berg, 2015): global context and L2 normalisation for FCNs.
+"""ParseNet (Liu, Rabinovich, Berg, arXiv 1506.04579): global context and L2 normalisation for FCNs.
 
-Pieces (PAPERS.md §2), each a module attachable to any backbone's feature map:
+Pieces (§3), each a module attachable to any backbone's feature map:
 
 * :class:`L2NormScale` -- per position, normalise over channels, then a learned
-  per-channel scale γ::
+  per-channel scale γ (§3.3)::
 
       x̂ = x / sqrt(Σ_c x_c² + eps),      y_c = γ_c · x̂_c
 
 * global context -- global average pooling ``g = mean_{h,w} x`` (``N×C×1×1``),
-  then "unpooling": ``g`` tiled back to ``H×W``;
-* fusion (:class:`ParseNetHead`) -- ``none`` (local features only: the FCN
+  then "unpooling": ``g`` tiled back to ``H×W`` (§3.1);
+* fusion (:class:`ParseNetHead`, §3.2) -- ``none`` (local features only: the FCN
   baseline), ``early`` (concatenate local and unpooled global features, one
   classifier), ``late`` (a classifier per branch, the score maps summed); each
   branch optionally L2-normalised with its own γ.
@@ -22,13 +22,14 @@ the two compute the same family of functions and get the same weight gradients
 non-linearly (early) or not (late).  Late fusion classifies the 1×1 pooled
 vector and broadcasts the score: the same as classifying the unpooled map.
 
-:class:`ParseNetSegmenter` runs a backbone (a ``features_only`` timm model,
-last level by default, or any module returning a feature map), an optional
-neck, the head, and upsamples the logits bilinearly to the input size.
+:class:`ParseNetSegmenter` is ParseNet on the segmentation contract
+(:mod:`.segmentation`): a backbone (a ``features_only`` timm model, last level
+by default, or any module returning a feature map), an optional neck, the
+head, and the logits upsampled bilinearly to the input size.
 :func:`create_parsenet` builds one from a timm model name (``resnet18``,
-``dlarepro_dla34`` after ``import dla_repro``, …); :func:`vgg16_fcn` is the
-FCN-32s-style VGG-16 baseline (timm's ``vgg16`` up to pool5, then fc6/fc7 as
-convolutions) that ParseNet builds on.
+``dlarepro_dla34``, …); :func:`vgg16_fcn` is the FCN-32s-style VGG-16 baseline
+(timm's ``vgg16`` up to pool5, then fc6/fc7 as convolutions) that ParseNet
+builds on.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import l2norm_scale
+from .backbones import create_backbone
+from .segmentation import Segmenter, feature_channels
 
 __all__ = [
     "FUSIONS",
@@ -47,8 +49,6 @@ __all__ = [
     "global_context",
     "ParseNetHead",
     "ParseNetSegmenter",
-    "select_feature",
-    "feature_channels",
     "create_parsenet",
     "vgg16_fcn",
     "vgg_fc_neck",
@@ -171,53 +171,25 @@ class ParseNetHead(nn.Module):
         return f"fusion={self.fusion!r}"
 
 
-def select_feature(features: Any, index: int = -1) -> torch.Tensor:
-    """The feature map at ``index`` of a backbone's output (a tensor, a list/tuple, or a dict of levels)."""
-    if isinstance(features, torch.Tensor):
-        return features
-    if isinstance(features, dict):
-        features = list(features.values())
-    if isinstance(features, (list, tuple)) and features:
-        return features[index]
-    raise TypeError(f"backbone returned {type(features).__name__}; expected a tensor, a list/tuple or a dict of tensors")
-
-
-def feature_channels(backbone: nn.Module, index: int = -1) -> int:
-    """Channels of level ``index`` from a timm model's ``feature_info`` (``features_only`` or not)."""
-    info = getattr(backbone, "feature_info", None)
-    if info is None:
-        raise ValueError(f"{type(backbone).__name__} has no feature_info; pass in_channels explicitly")
-    if hasattr(info, "channels"):
-        return int(info.channels()[index])
-    return int(info[index]["num_chs"])
-
-
-class ParseNetSegmenter(nn.Module):
-    """``backbone → select level → neck → head → bilinear upsampling to the input size``.
+class ParseNetSegmenter(Segmenter):
+    """ParseNet on the segmentation contract: ``backbone → level feature_index → neck → head``.
 
     ``backbone`` may return a tensor, a list/tuple of levels (timm
     ``features_only``) or a dict; ``feature_index`` picks the level (default the
     last, the coarsest).  ``neck`` (optional) runs on that level before the head
     (e.g. VGG's fc6/fc7).  ``forward`` returns ``N×K×H×W`` logits at input size;
-    ``forward_scores`` the head's scores at feature stride.
+    ``forward_scores`` the head's scores at feature stride.  The input is not
+    padded to the backbone's stride (ParseNet as it always ran here): a side that
+    is not a multiple of it is rounded by the backbone's strided layers.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, neck: Optional[nn.Module] = None, feature_index: int = -1):
-        super().__init__()
-        self.backbone = backbone
-        self.neck = neck if neck is not None else nn.Identity()
-        self.head = head
-        self.feature_index = feature_index
+        super().__init__(backbone, head, neck=neck, in_index=feature_index, pad_to_stride=False)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.neck(select_feature(self.backbone(x), self.feature_index))
-
-    def forward_scores(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.forward_scores(x)
-        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    @property
+    def feature_index(self) -> int:
+        """The backbone level the neck/head read (``in_index`` of the contract)."""
+        return self.in_index
 
 
 def create_parsenet(
@@ -232,22 +204,25 @@ def create_parsenet(
     dropout: float = 0.0,
     feature_index: int = -1,
     in_channels: Optional[int] = None,
+    neck: Optional[nn.Module] = None,
+    tiny: bool = False,
     pretrained: bool = False,
     **backbone_kwargs,
 ) -> ParseNetSegmenter:
     """A ParseNet head on a backbone: a timm model name (built ``features_only``) or a module.
 
-    ``in_channels`` defaults to the chosen level's channels from ``feature_info``.
-    ``backbone_kwargs`` go to ``timm.create_model`` (e.g. ``channels=…`` for a
-    tiny ``dlarepro_*`` model).  ``fusion="none", l2norm=False`` is the plain
-    FCN baseline on that backbone.
+    A name is built by :func:`~.backbones.create_backbone` with ``tiny``,
+    ``pretrained`` and ``backbone_kwargs`` (e.g. ``out_indices=(0, 1, 2, 3)``;
+    ``tiny=True`` for the CPU-sized ``dlarepro_*`` DLA).  ``neck`` runs between
+    the level and the head; ``in_channels`` (the head's input width) defaults to
+    the chosen level's channels from ``feature_info``, and must be given with a
+    neck that changes the width.  ``fusion="none", l2norm=False`` is the plain FCN
+    baseline on that backbone.
     """
     if isinstance(backbone, str):
-        import timm
-
-        backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True, **backbone_kwargs)
-    elif backbone_kwargs or pretrained:
-        raise ValueError("backbone_kwargs and pretrained apply only to a backbone given by name")
+        backbone = create_backbone(backbone, tiny=tiny, pretrained=pretrained, **backbone_kwargs)
+    elif backbone_kwargs or pretrained or tiny:
+        raise ValueError("backbone_kwargs, tiny and pretrained apply only to a backbone given by name")
     if in_channels is None:
         in_channels = feature_channels(backbone, feature_index)
     head = ParseNetHead(
@@ -260,7 +235,7 @@ def create_parsenet(
         hidden_channels=hidden_channels,
         dropout=dropout,
     )
-    return ParseNetSegmenter(backbone, head, feature_index=feature_index)
+    return ParseNetSegmenter(backbone, head, neck=neck, feature_index=feature_index)
 
 
 def vgg_fc_neck(in_channels: int = 512, fc_channels: int = 4096, fc6_kernel: int = 7, dropout: float = 0.5) -> nn.Sequential:
@@ -290,39 +265,30 @@ def load_vgg_fc_weights(neck: nn.Sequential, pre_logits: nn.Module) -> None:
 def vgg16_fcn(
     num_classes: int = 21,
     *,
-    fusion: str = "none",
-    l2norm: bool = False,
-    init_scale: float = 10.0,
-    learn_scale: bool = True,
-    hidden_channels: Optional[int] = None,
     fc_channels: int = 4096,
     fc6_kernel: int = 7,
     dropout: float = 0.5,
     pretrained: bool = False,
+    **head_kwargs: Any,
 ) -> ParseNetSegmenter:
     """FCN-32s-style VGG-16: timm ``vgg16`` to pool5 (stride 32), fc6/fc7 as convs, then a ParseNet head.
 
-    Defaults (``fusion="none", l2norm=False``) are the FCN baseline; ParseNet
-    is ``fusion="early", l2norm=True`` on the fc7 features.  With the FCN
-    fc6 (7×7, 4096 channels) the theoretical receptive field of fc7 is 404×404.
+    ``head_kwargs`` are those of :func:`create_parsenet` (``fusion``, ``l2norm``,
+    ``init_scale``, ``learn_scale``, ``hidden_channels``); the defaults here,
+    ``fusion="none", l2norm=False``, are the FCN baseline, and ParseNet is
+    ``fusion="early", l2norm=True`` on the fc7 features.  ``dropout`` is that of
+    fc6/fc7.  With the FCN fc6 (7×7, 4096 channels) the theoretical receptive
+    field of fc7 is 404×404 (ParseNet, arXiv 1506.04579, §3.1).
     ``pretrained=True`` loads timm's ImageNet weights, fc6/fc7 included (needs
     the weights reachable; not on the machines this is built on).  The paper's
-    own baseline used a reduced fc6/fc7 (a DeepLab-style variant; PAPERS.md
-    records no details): ``fc_channels``/``fc6_kernel`` change it.
+    own baseline used a reduced fc6/fc7 (DeepLab-style; its size is not
+    given): ``fc_channels``/``fc6_kernel`` change it.
     """
-    import timm
-
-    backbone = timm.create_model("vgg16", pretrained=pretrained, features_only=True)
+    backbone = create_backbone("vgg16", pretrained=pretrained)
     neck = vgg_fc_neck(feature_channels(backbone), fc_channels, fc6_kernel, dropout)
     if pretrained:
+        import timm
+
         load_vgg_fc_weights(neck, timm.create_model("vgg16", pretrained=True).pre_logits)
-    head = ParseNetHead(
-        fc_channels,
-        num_classes,
-        fusion=fusion,
-        l2norm=l2norm,
-        init_scale=init_scale,
-        learn_scale=learn_scale,
-        hidden_channels=hidden_channels,
-    )
-    return ParseNetSegmenter(backbone, head, neck=neck)
+    head_kwargs = {"fusion": "none", "l2norm": False, **head_kwargs}
+    return create_parsenet(backbone, num_classes, neck=neck, in_channels=fc_channels, **head_kwargs)
