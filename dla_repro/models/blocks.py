@@ -23,6 +23,7 @@ residual sum is a plain ``nn.BatchNorm2d`` (no identity act/drop calls).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Callable, Optional, Type, Union
 
 import torch
@@ -31,10 +32,30 @@ from timm.layers import BatchNormAct2d, create_conv2d, get_act_layer
 
 LayerType = Union[str, Callable[..., nn.Module], Type[nn.Module]]
 
-__all__ = ["BasicBlock", "Bottleneck", "BLOCKS", "BLOCK_DEFAULTS", "bottleneck_width", "make_block"]
+__all__ = ["ResidualBlock", "BasicBlock", "Bottleneck", "BLOCKS", "BLOCK_DEFAULTS", "bottleneck_width", "make_block"]
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module, ABC):
+    """``y = ReLU(F(x) + s)``: the sum and activation every block shares.
+
+    A subclass builds F (:meth:`residual`) and its activation ``act``; ``s`` is
+    ``x`` unless the stage passes a ``shortcut`` (the projected, max-pooled input
+    of a stage's first block).
+    """
+
+    act: nn.Module
+
+    @abstractmethod
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x)."""
+
+    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.residual(x)
+        out += x if shortcut is None else shortcut
+        return self.act(out)
+
+
+class BasicBlock(ResidualBlock):
     """Basic residual block: two 3x3 convolutions.
 
     F(x) = BN₂(W₂ ∗ ReLU(BN₁(W₁ ∗ₛ x))),   y = ReLU(F(x) + s)
@@ -42,14 +63,7 @@ class BasicBlock(nn.Module):
     ``conv1`` = W₁ (3x3, stride ``stride``), ``conv2`` = W₂ (3x3), ``shortcut`` = s.
     """
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        stride: int = 1,
-        dilation: int = 1,
-        act_layer: LayerType = "relu",
-    ):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, act_layer: LayerType = "relu"):
         super().__init__()
         act = get_act_layer(act_layer)
         self.conv1 = create_conv2d(in_chs, out_chs, 3, stride=stride, dilation=dilation)
@@ -58,12 +72,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.act = act(inplace=True)
 
-    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        s = x if shortcut is None else shortcut
-        out = self.bn1(self.conv1(x))
-        out = self.bn2(self.conv2(out))
-        out += s
-        return self.act(out)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.bn1(self.conv1(x))))
 
 
 def bottleneck_width(out_chs: int, cardinality: int = 1, base_width: int = 64, expansion: int = 2) -> int:
@@ -77,7 +87,7 @@ def bottleneck_width(out_chs: int, cardinality: int = 1, base_width: int = 64, e
     return int(math.floor(out_chs * (base_width / 64)) * cardinality) // expansion
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """Bottleneck block (1x1 → 3x3 → 1x1) with expansion 2; with ``cardinality`` > 1
     the 3x3 is a grouped convolution: the split (ResNeXt) block of DLA-X.
 
@@ -115,13 +125,8 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.act = act(inplace=True)
 
-    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        s = x if shortcut is None else shortcut
-        out = self.bn1(self.conv1(x))
-        out = self.bn2(self.conv2(out))
-        out = self.bn3(self.conv3(out))
-        out += s
-        return self.act(out)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x))))))
 
 
 #: block name → class; "split" is the bottleneck with grouped 3x3 (ResNeXt).
