@@ -1,4 +1,6 @@
-"""Aggregation node, IDA and HDA (Deep Layer Aggregation, Yu et al., CVPR 2018, §3).
+"""Aggregation node, IDA and HDA (Deep Layer Aggregation, Yu et al., CVPR 2018, arXiv 1707.06484, §3).
+
+The official code is ucbdrive/dla ``dla.py`` (``Root``, ``Tree``); "the official" below means it.
 
 Three pieces, each a module:
 

@@ -13,7 +13,8 @@ so the stage can share one downsampled input between the shortcut and the
 aggregation node).
 
 Parameter and buffer names (``conv1``, ``bn1``, ...) follow the official code
-and timm, so their checkpoints load unchanged.  Convolutions come from ``timm.layers``
+(ucbdrive/dla ``dla.py``) and timm (``timm/models/dla.py``), so their
+checkpoints load unchanged.  Convolutions come from ``timm.layers``
 (``create_conv2d``), a norm followed by an activation is timm's
 ``BatchNormAct2d`` (a ``BatchNorm2d`` with an activation member, so its
 state_dict keys are those of a plain BatchNorm), and a norm that feeds a

@@ -1,6 +1,6 @@
 """DLA classifiers (Deep Layer Aggregation, Yu et al., CVPR 2018, arXiv 1707.06484, §4.1), registered in timm.
 
-Network (official ucbdrive/dla layout, kept so its and timm's weights load):
+Network (the layout of the official ucbdrive/dla ``dla.py``, kept so its and timm's weights load):
 
     base_layer : 7x7 conv, stride 1 → BN → ReLU                 (stride 1)
     level0     : levels[0] × (3x3 conv → BN → ReLU)             (stride 1)

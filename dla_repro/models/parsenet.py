@@ -63,8 +63,10 @@ class L2NormScale(nn.Module):
 
     Forward, for each position of ``x`` (``N×C×H×W``)::
 
-        x̂ = x / ‖x‖,   ‖x‖ = sqrt(Σ_c x_c² + eps)      (eps = 1e-10, as the official Caffe layer)
+        x̂ = x / ‖x‖,   ‖x‖ = sqrt(Σ_c x_c² + eps)      (eps = 1e-10)
         y_c = γ_c · x̂_c
+
+    as the official Caffe layer (weiliu89/caffe ``src/caffe/layers/normalize_layer.cpp``).
 
     Backward (what :mod:`dla_repro.kernels` implements; autograd gives the same)::
 
