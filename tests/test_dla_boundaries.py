@@ -12,7 +12,8 @@ from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from dla_repro.engine import TrainConfig, Trial
 from dla_repro.experiments.dla import boundaries as B
-from dla_repro.models.dla_up import boundary_task
+from dla_repro.experiments import study
+from dla_repro.experiments.dla.tasks import boundary_task
 from dla_repro.paths import results_dir
 from fixtures_formats import write_bsds500
 
@@ -99,23 +100,24 @@ def test_parse_trials_and_errors():
 
 
 def test_run_ablation_with_a_stand_in_model_scores_every_run():
-    data = B.load_data(image_size=32, n_train=8, n_val=3)
+    data = study.load_data("boundary", image_size=32, n_train=8, n_val=3)
     assert len(data.gts) == 3 and data.gts[0][0].shape == (32, 32) and 0 < data.positive_fraction < 0.5
     assert data.images(2)[0].shape == (32, 32, 3)
     trials = [Trial(f"tiny w={w:g}", {"decoder": "tiny", "edge_weight": w}, _TinyEdgeNet, task=boundary_task(w))
               for w in (1.0, 10.0)]
     cfg = TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=1e-3, progress=False)
-    ab = B.run_ablation("t", trials, data, cfg, seeds=[0, 1], thresholds=5, n_keep=2)
+    ab = B.run("t", trials, data, cfg, seeds=[0, 1], thresholds=5, n_keep=2)
     assert len(ab.runs) == 4 and ab.runs[["ods", "ois", "ap"]].notna().all().all()
-    assert set(ab.curves) == {("tiny w=1", 0), ("tiny w=1", 1), ("tiny w=10", 0), ("tiny w=10", 1)}
-    assert all(len(m) == 2 and m[0].shape == (32, 32) for m in ab.edge_maps.values())
+    assert set(ab.artifacts) == {("tiny w=1", 0), ("tiny w=1", 1), ("tiny w=10", 0), ("tiny w=10", 1)}
+    assert all(len(a["edge_maps"]) == 2 and a["edge_maps"][0].shape == (32, 32) for a in ab.artifacts.values())
+    assert "curve" not in ab.runs and "edge_maps" not in ab.runs  # artifacts stay out of the table
     sobel = B.score_edges(B.sobel_edges([data.val[i][0] for i in range(3)]), data.gts, 5)
     summary = B.summarize(ab.runs, {"Sobel": sobel})
-    assert list(summary["config"]) == ["tiny w=1", "tiny w=10", "Sobel"] and (summary["seeds"] == [2, 2, 0]).all()
-    fig = B.plot_pr_curves(ab, summary, {"Sobel": sobel["curve"]})
+    assert list(summary["trial"]) == ["tiny w=1", "tiny w=10", "Sobel"] and (summary["seeds"] == [2, 2, 0]).all()
+    fig = B.plot_pr_curves({k: a["curve"] for k, a in ab.artifacts.items()}, summary, {"Sobel": sobel["curve"]})
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == 3 and all("ODS" in t and "OIS" in t and "AP" in t for t in labels)
-    fig2 = B.plot_edge_maps(data.images(2), data.gts, {k[0]: v for k, v in ab.edge_maps.items()}, n=2)
+    fig2 = B.plot_edge_maps(data.images(2), data.gts, {k[0]: a["edge_maps"] for k, a in ab.artifacts.items()}, n=2)
     assert len(fig2.axes) == 2 * 4
 
 
@@ -127,13 +129,14 @@ def test_claims_from_hand_made_runs():
         "ods": [0.50, 0.52, 0.51, 0.10, 0.12, 0.11, 0.49, 0.53, 0.51],
     })
     v = {x.claim.split(" (")[0] if x.claim.startswith("DLA-Up") else x.claim: x for x in
-         B.boundary_claims(runs, {"Sobel": {"ods": 0.6}})}
+         study.judge(B.claims(["ida_up:10", "fcn:10", "ida_up:1"], ["Sobel"]), runs,
+                     B.baseline_groups({"Sobel": {"ods": 0.6}}, 3))}
     assert v["DLA-Up"].verdict == REPRODUCED
     assert v["edge weight 10 (official setting) beats an unweighted loss (DLA-Up)"].verdict == INCONCLUSIVE
     assert v["learned DLA-Up beats the no-learning Sobel edge map"].verdict == NOT_REPRODUCED
-    md = B.claims_markdown(list(v.values()))
+    md = study.claims_markdown(list(v.values()))
     assert md.count("\n") == 2 + 3 - 1 and "**reproduced**" in md
-    assert "No claim" in B.claims_markdown([])
+    assert "No claim" in study.claims_markdown([])
 
 
 # ---------------------------------------------------------------------------- paper profile
@@ -147,7 +150,7 @@ def test_paper_profile_runs_on_a_bsds500_fixture(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     summary = pd.read_csv(results_dir() / "tables" / "paper" / "dla_boundaries_summary.csv")
-    assert list(summary["config"]) == ["ida_up w=10", "Sobel", "ceiling (GT as prediction)"]
+    assert list(summary["trial"]) == ["ida_up w=10", "Sobel", "ceiling (GT as prediction)"]
     claims = pd.read_csv(results_dir() / "tables" / "paper" / "dla_boundaries_claims.csv")
     assert list(claims["claim"]) == ["learned DLA-Up beats the no-learning Sobel edge map"]
     runs = pd.read_csv(results_dir() / "tables" / "paper" / "dla_boundaries_runs.csv")

@@ -11,6 +11,7 @@ from fixtures_formats import write_camvid
 
 from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from dla_repro.experiments import study
 from dla_repro.experiments.dla import segmentation as seg
 from dla_repro.paths import results_dir
 
@@ -19,7 +20,7 @@ NAMES = ["background", "region", "line", "dot"]
 
 @pytest.mark.parametrize("trial", list(seg.TRIALS))
 def test_every_trial_builds_a_segmenter(trial):
-    model = seg.build_model(trial, 4).eval()
+    model = seg.build_model(4, **seg.TRIALS[trial]).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4, 32, 32)
     assert model.decoder_name == seg.TRIALS[trial]["decoder"]
@@ -28,10 +29,10 @@ def test_every_trial_builds_a_segmenter(trial):
 def test_bad_trials_and_backbones_are_rejected():
     with pytest.raises(ValueError, match="unknown trials"):
         seg.make_trials(["fcn", "unet"], 4)
-    with pytest.raises(ValueError, match="tiny=True"):
-        seg.build_model("fcn", 4, backbone="dla34", tiny=True)
+    with pytest.raises(ValueError, match="tiny"):
+        seg.build_model(4, backbone="dla34", tiny=True, decoder="fcn")
     with pytest.raises(ValueError, match="data_root"):
-        seg.load_data("camvid", "")
+        study.load_data("segmentation", "camvid", "")
 
 
 def _runs(values: dict[str, list[float]], line: dict[str, list[float]]) -> pd.DataFrame:
@@ -49,14 +50,16 @@ def test_claims_tables_and_markdown_follow_the_measured_values():
                  {"fcn": [0.0, 0.0, 0.0], "ida_up": [0.2, 0.25, 0.3], "ida_up_k1": [0.1, 0.3, 0.0]})
     base = pd.DataFrame({"seed": [0, 1, 0, 1], "class": ["line", "line", "dot", "dot"], "iou": [0.1, 0.5, 0.2, 0.2],
                          "n_train": 4000, "epochs": 8})
-    verdicts = seg.segmentation_claims(runs, NAMES, ["line", "dot"], base)
+    claims = seg.claims(["line", "dot"], NAMES, base)
+    verdicts = study.judge(claims, runs, seg.baseline_groups(base, ["line", "dot"]))
     assert [v.verdict for v in verdicts] == [REPRODUCED, REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE]
     assert verdicts[1].mean_a == pytest.approx(0.25)  # NaN dot IoU skipped: mean over line only
+    assert verdicts[1].values_a == pytest.approx((0.2, 0.25, 0.3))  # per-seed values, in seed order
     assert "plain (4000 images × 8 epochs)" in verdicts[3].b
-    text = seg.verdict_markdown(verdicts)
-    assert "**not reproduced**" in text and "n/a" in text
+    text = study.claims_markdown(verdicts)
+    assert "**not reproduced**" in text and "IoU(line, dot)" in text
     # only claims whose trials ran
-    assert [v.claim for v in seg.segmentation_claims(runs[runs.trial != "ida_up_k1"], NAMES)] == [
+    assert [v.claim for v in study.judge(seg.claims([], NAMES), runs[runs.trial != "ida_up_k1"])] == [
         "DLA-Up segments better than the FCN-style decoder"
     ]
     summary = seg.summarize(runs, NAMES, ["line", "dot"])
@@ -90,8 +93,8 @@ def test_per_class_iou_of_a_perfect_and_a_constant_model():
     y = torch.tensor([[[0, 1], [2, 255]]])
     x = torch.stack([y.clamp(max=2).float()] * 3, 1)
     data = list(zip(x, y))
-    iou = seg.per_class_iou(Oracle(), data, 3)
-    assert iou.tolist() == [1.0, 1.0, 1.0]
+    data = study.StudyData("segmentation", (data, data), 3, ["a", "b", "c"], "oracle")
+    assert seg.evaluate(Oracle(), data) == {"iou_a": 1.0, "iou_b": 1.0, "iou_c": 1.0}
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import torch
 from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from dla_repro.data.synthetic import SyntheticConfig
+from dla_repro.experiments import study
 from dla_repro.experiments.parsenet import global_context as pn
 from dla_repro.paths import results_dir
 from fixtures_formats import write_pascal_context, write_siftflow
@@ -79,7 +80,7 @@ def test_claims_follow_the_measured_spreads():
          "late_l2": [0.405, 0.395, 0.40]},
         ctx={"fcn": [0.4, 0.45, 0.5], "early": [0.3] * 3, "early_l2": [float("nan")] * 3, "late_l2": [0.1] * 3},
     )
-    verdicts = {v.claim: v for v in pn.parsenet_claims(runs, equal_tolerance=0.02)}
+    verdicts = {v.claim: v for v in study.judge(pn.claims(equal_tolerance=0.02), runs)}
     assert verdicts["global context helps (ParseNet > FCN baseline)"].verdict == REPRODUCED
     assert verdicts["early fusion needs normalisation"].verdict == REPRODUCED
     assert verdicts["with normalisation, early ≈ late fusion"].verdict == REPRODUCED
@@ -88,16 +89,16 @@ def test_claims_follow_the_measured_spreads():
     assert ctx.verdict == INCONCLUSIVE and ctx.n_a == 0 and "undefined for early_l2" in ctx.note
     assert ctx.mean_b == pytest.approx(0.45)  # the side that was measured is still reported
     # a consistent but tiny gain (below one mIoU point) is not called a result
-    tiny = pn.parsenet_claims(_runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}))
+    tiny = study.judge(pn.CLAIMS, _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}))
     assert tiny[0].verdict == INCONCLUSIVE
-    assert pn.parsenet_claims(_runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}),
-                              min_effect=0.0)[0].verdict == REPRODUCED
+    assert study.judge(pn.claims(min_effect=0.0),
+                       _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}))[0].verdict == REPRODUCED
     # trials that were not run: claim left out
     assert "late fusion needs normalisation" not in verdicts
     assert "a learned scale γ beats a fixed one" not in verdicts
-    flipped = pn.parsenet_claims(_runs({"fcn": [0.5, 0.51, 0.49], "early_l2": [0.3, 0.31, 0.29]}))
+    flipped = study.judge(pn.CLAIMS, _runs({"fcn": [0.5, 0.51, 0.49], "early_l2": [0.3, 0.31, 0.29]}))
     assert flipped[0].verdict == NOT_REPRODUCED
-    table = pn.verdict_markdown(list(verdicts.values()))
+    table = study.claims_markdown(list(verdicts.values()))
     assert table.count("\n") == len(verdicts) + 1 and "n/a" in table
     summary = pn.summarize(runs)
     assert list(summary["trial"]) == ["fcn", "early", "early_l2", "late_l2"]
@@ -129,7 +130,7 @@ def test_paper_profile_runs_on_a_siftflow_fixture(tmp_path, capsys):
     write_siftflow(tmp_path / "data", n=6, test=2, size=(16, 16))
     code = cli.main([
         "run", "parsenet", "--profile", "paper", "--data-root", str(tmp_path / "data"),
-        "-p", "epochs=1", "-p", "backbone=dla34_tiny", "-p", "level=2", "-p", "image_size=16",
+        "-p", "epochs=1", "-p", "backbone=dlarepro_dla34", "-p", "tiny=true", "-p", "level=2", "-p", "image_size=16",
         "-p", "seeds=[0, 1]", "-p", "trials=[fcn, early_l2]", "-p", "batch_size=2", "-p", "rf_images=1",
     ])
     out = capsys.readouterr().out
@@ -145,7 +146,7 @@ def test_paper_profile_runs_on_a_siftflow_fixture(tmp_path, capsys):
 
 def test_pascal_context_feeds_the_ablation(tmp_path):
     write_pascal_context(tmp_path, {"train": 3, "val": 2}, size=(40, 48))
-    data = pn.load_data("pascal_context", str(tmp_path), image_size=32)
+    data = study.load_data("segmentation", "pascal_context", str(tmp_path), image_size=32)
     assert data.num_classes == 59 and data.class_names[0] == "aeroplane" and data.context_classes == ()
     image, mask = data.splits.train[0]
     assert image.shape == (3, 32, 32) and mask.shape == (32, 32)

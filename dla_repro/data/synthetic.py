@@ -81,6 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..labels import IGNORE_INDEX
+
 __all__ = [
     "SYNTHETIC_VERSION",
     "SHAPES",
@@ -102,7 +104,6 @@ SYNTHETIC_VERSION = "synthetic-v1"
 
 TASKS = ("classification", "segmentation", "boundary")
 STUFF_CLASSES = ("background", "region", "line", "dot")
-IGNORE_INDEX = 255
 
 
 # ----------------------------------------------------------------------------- shapes

@@ -9,8 +9,8 @@
   ``size / 0.875`` then centre crop (256 → 224); ImageNet mean/std.
 
 The ImageNet-like transforms are timm's factory with colour jitter off, which is
-the DLA recipe (PAPERS.md: "RandomResizedCrop 224 + flip; eval resize 256 /
-center crop 224"). timm has no pad-and-crop factory, so CIFAR's is composed from
+the DLA recipe (ucbdrive/dla README and ``classify.py``: RandomResizedCrop 224 + flip;
+eval resize 256 / center crop 224). timm has no pad-and-crop factory, so CIFAR's is composed from
 torchvision transforms. CIFAR has no validation split: ``val`` reads ``test``.
 
 For an ImageFolder dataset ``root`` may be the dataset's folder or a data root

@@ -1,67 +1,54 @@
-"""DLA §4.2 / §5.3 (notebook ``dla/03_segmentation``): DLA-Up vs an FCN-style decoder, node kernel ablation.
+"""DLA §4.2 / §5.3 (arXiv 1707.06484; notebook ``dla/03_segmentation``): DLA-Up vs an FCN-style decoder.
 
-What the notebook calls, in its order:
+The study (:mod:`dla_repro.experiments.study`) with this paper's pieces:
 
-* :func:`load_data` -- the synthetic segmentation task (default: 10 per-pixel
-  classes incl. 1-px lines and 2–3 px dots) or a real dataset reader
-  (``camvid``, ``cityscapes``, … via ``build_segmentation_dataset``, with the
-  DLA training augmentation) in the ``paper`` profile;
-* :data:`TRIALS` / :func:`make_trials` + :func:`run_experiment` -- one
-  ``dla_repro.engine.sweep``: ``fcn`` (classifier on the deepest level,
-  upsampled ×32 in one step), ``ida_up`` (DLA-Up, 3×3 nodes: the paper) and
-  ``ida_up_k1`` (DLA-Up with 1×1 nodes), each with several seeds; after
-  training, the per-class IoU of the final model on the validation split;
+* :data:`TRIALS` -- ``fcn`` (classifier on the deepest level, upsampled ×32 in one
+  step), ``ida_up`` (DLA-Up, 3×3 nodes: the paper) and ``ida_up_k1`` (DLA-Up with
+  1×1 nodes), all on one backbone (:func:`build_model`, :func:`make_trials`);
+* :func:`run` -- the study; :func:`evaluate` -- after training, the per-class IoU of the final model on the
+  validation split (``iou_<class>`` columns);
+* :func:`claims` -- the paper's statements, declared before training;
 * :func:`per_class_table`, :func:`summarize`, :func:`plain_baseline` -- tables:
   per (trial, seed, class) IoU; mean ± sd over seeds; the plain calibration
   baseline's per-class IoU from ``results/tables/synthetic_calibration.csv``;
 * :func:`plot_per_class`, :func:`plot_curves`, :func:`predict_examples` +
-  :func:`plot_examples` -- the figures;
-* :func:`segmentation_claims` + :func:`verdict_markdown` -- verdicts from
-  ``dla_repro.analysis.claims.compare``.
+  :func:`plot_examples` -- the figures.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ...analysis.claims import Verdict, compare
-from ...engine import SegmentationTask, Trial, TrainConfig, sweep
-from ...metrics.segmentation import confusion_matrix, scores_from_confusion
+from ...engine import SegmentationTask, TrainConfig, Trial
+from ...labels import IGNORE_INDEX
+from ...metrics.segmentation import dataset_confusion, scores_from_confusion
 from ...models.dla_up import create_dla_up
+from .. import study
+from ..study import Claim
 
 __all__ = [
     "TRIALS",
-    "TINY_DLA34_CHANNELS",
-    "SegData",
-    "load_data",
     "build_model",
     "make_trials",
-    "per_class_iou",
-    "run_experiment",
+    "run",
+    "evaluate",
+    "claims",
+    "baseline_groups",
     "per_class_table",
     "summarize",
     "plain_baseline",
-    "segmentation_claims",
-    "verdict_markdown",
     "plot_per_class",
     "plot_curves",
     "predict_examples",
     "plot_examples",
-    "load_trained",
 ]
-
-IGNORE = 255
-TINY_DLA34_CHANNELS = (8, 16, 32, 64, 128, 256)
 
 #: The experiment, by trial name: ``create_dla_up`` settings.
 TRIALS: dict[str, dict[str, Any]] = {
@@ -69,87 +56,26 @@ TRIALS: dict[str, dict[str, Any]] = {
     "ida_up": dict(decoder="ida_up", node_kernel=3),
     "ida_up_k1": dict(decoder="ida_up", node_kernel=1),
 }
-
-
-# ------------------------------------------------------------------------------ data
-@dataclass
-class SegData:
-    """What the sweep trains on: ``splits`` (anything ``fit`` accepts) and its description."""
-
-    splits: Any
-    num_classes: int
-    class_names: list[str]
-    description: str  # for captions
-    synthetic: Any = None  # the SyntheticConfig, None on real data
-    context_classes: tuple[int, ...] = ()  # synthetic: the classes only the scene colour tells apart
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # the input normalisation (to draw images)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-
-    @property
-    def val(self):
-        return self.splits.val if hasattr(self.splits, "val") else self.splits[1]
-
-
-def load_data(
-    dataset: str = "synthetic",
-    data_root: str = "",
-    image_size: int = 64,
-    n_train: int = 1000,
-    n_val: int = 300,
-    seed: int = 0,
-    crop_size: int = 0,
-    scale: float = 2.0,
-    rotate: float = 0.0,
-) -> SegData:
-    """The synthetic segmentation splits, or a real dataset's train / val splits.
-
-    Real data: the training split gets the DLA augmentation (random scale in
-    ``[1/scale, scale]``, rotation in ``±rotate``°, ``crop_size`` crop, flip); the
-    evaluation split is read whole.  SiftFlow evaluates on ``test``, the others on ``val``.
-    """
-    if dataset == "synthetic":
-        from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
-
-        config = SyntheticConfig(image_size=image_size)
-        splits = make_splits(config, n_train, n_val, seed, task="segmentation")
-        desc = f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, {n_train}/{n_val} images)"
-        return SegData(splits, splits.train.num_classes, list(splits.train.class_names), desc, config,
-                       tuple(config.context_classes()), tuple(config.mean), tuple(config.std))
-    if not data_root:
-        raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
-    from ...data.readers import build_segmentation_dataset
-    from ...engine import DataBundle
-
-    crop = crop_size or image_size
-    train, num_classes = build_segmentation_dataset(dataset, data_root, "train", train=True, crop_size=crop,
-                                                    scale=scale, rotate=rotate)
-    eval_split = "test" if dataset.lower() == "siftflow" else "val"
-    val, _ = build_segmentation_dataset(dataset, data_root, eval_split, train=False)
-    names = list(getattr(train, "classes", [str(k) for k in range(num_classes)]))
-    desc = f"{dataset} ({data_root}; {len(train)} train / {len(val)} {eval_split}, crop {crop})"
-    return SegData(DataBundle(train, val, train.name, train.digest, train.source), num_classes, names, desc)
+MIN_EFFECT = 0.01  # one IoU point: the smallest difference of interest
 
 
 # ----------------------------------------------------------------------------- models
 def build_model(
-    trial: str | Mapping[str, Any],
     num_classes: int,
     backbone: str = "dlarepro_dla34",
     tiny: bool = True,
     down_ratio: int = 2,
     pretrained: bool = False,
+    **settings: Any,
 ) -> nn.Module:
-    """A DLA-Up / FCN segmenter: ``trial`` is a :data:`TRIALS` name or ``create_dla_up`` keywords.
+    """A DLA-Up / FCN segmenter: ``settings`` are ``create_dla_up`` keywords (a :data:`TRIALS` recipe).
 
-    ``tiny=True`` gives the ``dlarepro_*`` backbone the widths ``8…256`` (a CPU-sized DLA-34).
-    ``pretrained=True`` loads the backbone's ImageNet weights through timm (e.g. timm's ``dla34``;
-    the paper fine-tunes from ImageNet; needs the weights reachable).
+    ``tiny=True`` gives a ``dlarepro_*`` backbone the CPU-sized widths
+    (``dla_repro.models.backbones``).  ``pretrained=True`` loads the backbone's
+    ImageNet weights through timm (the paper fine-tunes from ImageNet; needs the
+    weights reachable).
     """
-    settings = dict(TRIALS[trial]) if isinstance(trial, str) else dict(trial)
-    kwargs: dict[str, Any] = {"channels": TINY_DLA34_CHANNELS} if tiny else {}
-    if tiny and not backbone.startswith("dlarepro_"):
-        raise ValueError(f"tiny=True sets the widths of a dlarepro_* backbone; got {backbone!r}")
-    return create_dla_up(backbone, num_classes, down_ratio=down_ratio, pretrained=pretrained, **settings, **kwargs)
+    return create_dla_up(backbone, num_classes, down_ratio=down_ratio, pretrained=pretrained, tiny=tiny, **settings)
 
 
 def make_trials(
@@ -160,63 +86,66 @@ def make_trials(
     down_ratio: int = 2,
     pretrained: bool = False,
 ) -> list[Trial]:
-    unknown = [n for n in names if n not in TRIALS]
-    if unknown:
-        raise ValueError(f"unknown trials {unknown}; known: {', '.join(TRIALS)}")
-    return [
-        Trial(name, {**TRIALS[name], "backbone": backbone, "tiny": tiny, "down_ratio": down_ratio,
-                     "pretrained": pretrained},
-              functools.partial(build_model, name, num_classes, backbone, tiny, down_ratio, pretrained))
-        for name in names
-    ]
+    """One trial per name of :data:`TRIALS` on the shared backbone."""
+    shared = dict(backbone=backbone, tiny=tiny, down_ratio=down_ratio, pretrained=pretrained)
+    return study.trial_table(TRIALS, names, build_model, num_classes=num_classes, logged=shared, **shared)
 
 
-# --------------------------------------------------------------------------- training
-@torch.no_grad()
-def per_class_iou(model: nn.Module, dataset, num_classes: int, batch_size: int = 64) -> torch.Tensor:
-    """IoU per class of ``model`` on ``dataset`` (NaN where a class is in neither prediction nor truth)."""
-    model.eval()
-    device = next(model.parameters()).device
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = model(x.to(device))
-        cm += confusion_matrix(logits.argmax(1).cpu(), y, num_classes, IGNORE)
-    return scores_from_confusion(cm)["iou_per_class"].float()
+def run(data: study.StudyData, trials: Sequence[Trial], config: TrainConfig, seeds: Sequence[int],
+        eval_batch_size: int = 64, name: str = "dla_segmentation") -> study.StudyResult:
+    """The study: every trial × seed, per-pixel cross-entropy, then :func:`evaluate` on each final model."""
+    return study.run(name, trials, data, config, seeds, SegmentationTask(data.num_classes),
+                     evaluate=functools.partial(evaluate, batch_size=eval_batch_size))
+
+
+def evaluate(model: nn.Module, data: study.StudyData, batch_size: int = 64) -> dict[str, float]:
+    """``iou_<class>`` of the final model on the evaluation split (NaN: class in neither prediction nor truth)."""
+    iou = scores_from_confusion(dataset_confusion(model, data.val, data.num_classes, batch_size))["iou_per_class"]
+    return dict(zip(_iou_columns(data.class_names), iou.float().tolist()))
 
 
 def _iou_columns(class_names: Sequence[str]) -> list[str]:
     return [f"iou_{n}" for n in class_names]
 
 
-def run_experiment(
-    data: SegData,
-    trial_names: Sequence[str],
-    config: TrainConfig,
-    seeds: Sequence[int],
-    backbone: str = "dlarepro_dla34",
-    tiny: bool = True,
-    down_ratio: int = 2,
-    eval_batch_size: int = 64,
-    name: str = "dla_segmentation",
-    pretrained: bool = False,
-):
-    """The sweep (one MLflow run per trial × seed); each row gains ``iou_<class>`` columns."""
-    trials = make_trials(trial_names, data.num_classes, backbone, tiny, down_ratio, pretrained)
+# ----------------------------------------------------------------------------- claims
+def claims(fine_classes: Sequence[str] = (), class_names: Sequence[str] | None = None,
+           baseline: pd.DataFrame | None = None) -> list[Claim]:
+    """The paper's statements (§4.2, §5.3), declared before training.
 
-    def extra(model: nn.Module, result) -> dict[str, float]:
-        iou = per_class_iou(model, data.val, data.num_classes, eval_batch_size)
-        return dict(zip(_iou_columns(data.class_names), iou.tolist()))
+    1. DLA-Up (IDA-up, 3×3 nodes) has a higher mIoU than the FCN-style decoder;
+    2. … and a higher IoU on the fine structures (``fine_classes`` that are among
+       ``class_names``, averaged per seed);
+    3. 3×3 nodes beat 1×1 nodes in the dense decoder (§3.3: 3×3 for dense prediction);
+    4. reference: DLA-Up's fine-structure IoU vs the plain calibration ``baseline``
+       (a different network *and* budget -- context, not an ablation; judged
+       against the group ``"plain"``, see :func:`baseline_groups`).
 
-    return sweep(name, trials, data.splits, config, seeds, SegmentationTask(data.num_classes, IGNORE),
-                 params={"data": data.description, "backbone": backbone, "tiny": tiny, "down_ratio": down_ratio},
-                 extra=extra)
+    Every directional claim needs one IoU point (:data:`MIN_EFFECT`) besides the noise:
+    two models that both score ≈ 0 on a class are not told apart.
+    """
+    fine_classes = [c for c in fine_classes if class_names is None or c in class_names]
+    fine = tuple(f"iou_{c}" for c in fine_classes)
+    fine_label = f"IoU({', '.join(fine_classes)})"
+    out = [Claim("DLA-Up segments better than the FCN-style decoder", "ida_up", "fcn", "val_miou", label="mIoU",
+                 min_effect=MIN_EFFECT)]
+    if fine:
+        out.append(Claim("DLA-Up recovers fine structures the FCN-style decoder misses", "ida_up", "fcn", fine,
+                         label=fine_label, min_effect=MIN_EFFECT))
+    out.append(Claim("3×3 aggregation nodes beat 1×1 for dense prediction", "ida_up", "ida_up_k1", "val_miou",
+                     label="mIoU", min_effect=MIN_EFFECT, labels=("ida_up (3×3)", "ida_up_k1 (1×1)")))
+    if fine and baseline is not None and not baseline.empty:
+        budget = f"{int(baseline['n_train'].iloc[0])} images × {int(baseline['epochs'].iloc[0])} epochs"
+        out.append(Claim("Reference: DLA-Up's fine-structure IoU vs the plain calibration baseline", "ida_up", "plain",
+                         fine, label=fine_label, min_effect=MIN_EFFECT, labels=("ida_up", f"plain ({budget})")))
+    return out
 
 
-def load_trained(result, trial: str, seed: int, data: SegData, backbone="dlarepro_dla34", tiny=True, down_ratio=2):
-    """The final model of ``(trial, seed)`` from its weights file (``torch.load(weights_only=True)``)."""
-    model = build_model(trial, data.num_classes, backbone, tiny, down_ratio)
-    model.load_state_dict(torch.load(result.fits[(trial, seed)].weights, map_location="cpu", weights_only=True))
-    return model.eval()
+def baseline_groups(baseline: pd.DataFrame | None, fine_classes: Sequence[str]) -> dict[str, list[float]]:
+    """``{"plain": per-seed mean IoU of the fine classes}`` of the calibration baseline (for :func:`study.judge`)."""
+    if baseline is None or baseline.empty:
+        return {}
+    return {"plain": baseline[baseline["class"].isin(list(fine_classes))].groupby("seed")["iou"].mean().tolist()}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -228,27 +157,17 @@ def per_class_table(runs: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFr
     return long
 
 
-def _fine_mean(row_or_df, fine: Sequence[str]):
-    cols = [f"iou_{c}" for c in fine]
-    return row_or_df[cols].mean(axis=1, skipna=True)
-
-
 def summarize(runs: pd.DataFrame, class_names: Sequence[str], fine_classes: Sequence[str] = ()) -> pd.DataFrame:
-    """Per trial: mean and sd over seeds of mIoU, pixel accuracy, fine-structure IoU, params, time."""
-    df = runs.copy()
-    metric = "val_miou" if "val_miou" in df else "miou"
-    df["miou"] = df[metric]
-    keep = ["miou", "val_pixel_acc"] if "val_pixel_acc" in df else ["miou"]
-    fine = [c for c in fine_classes if c in class_names]
+    """Per trial: mean and sd over seeds of mIoU, pixel accuracy, fine-structure IoU; params, training time."""
+    df = runs.assign(miou=runs["val_miou"])
+    metrics = ["miou", "val_pixel_acc"]
+    fine = [f"iou_{c}" for c in fine_classes if c in class_names]
     if fine:
-        df["iou_fine"] = _fine_mean(df, fine)
-        keep.append("iou_fine")
-    agg = df.groupby("trial", sort=False)[keep].agg(["mean", "std"])
-    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
-    agg["seeds"] = df.groupby("trial", sort=False)["seed"].count()
-    agg["n_params"] = df.groupby("trial", sort=False)["n_params"].first()
-    agg["train_seconds_mean"] = df.groupby("trial", sort=False)["train_seconds"].mean()
-    return agg.reset_index()
+        df["iou_fine"] = df[fine].mean(axis=1, skipna=True)
+        metrics.append("iou_fine")
+    table = study.summarize(df, metrics, first=["n_params"])
+    table["train_seconds_mean"] = df.groupby("trial", sort=False)["train_seconds"].mean().to_numpy()
+    return table
 
 
 def plain_baseline(calibration: pd.DataFrame, image_size: int = 64) -> pd.DataFrame:
@@ -265,80 +184,6 @@ def plain_baseline(calibration: pd.DataFrame, image_size: int = 64) -> pd.DataFr
             rows.append({"seed": int(r["seed"]), "class": "mIoU", "iou": float(r["value"]),
                          "n_train": int(r["n_train"]), "epochs": int(r["epochs"])})
     return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- claims
-def _values(runs: pd.DataFrame, trial: str, column: str | Sequence[str]) -> list[float]:
-    df = runs[runs["trial"] == trial]
-    if isinstance(column, str):
-        vals = df[column]
-    else:
-        vals = df[[f"iou_{c}" for c in column]].mean(axis=1, skipna=True)
-    return [float(v) for v in vals if np.isfinite(v)]
-
-
-def segmentation_claims(
-    runs: pd.DataFrame,
-    class_names: Sequence[str],
-    fine_classes: Sequence[str] = (),
-    baseline: pd.DataFrame | None = None,
-    k: float = 2.0,
-    min_effect: float = 0.01,
-) -> list[Verdict]:
-    """The verdicts this experiment can give (only for the trials that ran).
-
-    ``min_effect`` (IoU, default 0.01 = one IoU point) is the smallest difference that
-    counts, whatever the seed spread: two models that both score ≈ 0 on a class
-    (e.g. 0.0000 vs 0.0004) are not told apart.
-
-    1. DLA-Up (IDA-up, 3×3 nodes) has a higher mIoU than the FCN-style decoder (§4.2, §5.3);
-    2. … and a higher IoU on the fine structures (``fine_classes``);
-    3. 3×3 nodes beat 1×1 nodes in the dense decoder (§3.3: 3×3 for dense prediction);
-    4. reference: DLA-Up's fine-structure IoU vs the plain calibration baseline
-       (a different network *and* budget -- read it as context, not as an ablation).
-    """
-    metric = "val_miou" if "val_miou" in runs else "miou"
-    trials = set(runs["trial"])
-    fine = [c for c in fine_classes if c in class_names]
-    out: list[Verdict] = []
-
-    def add(claim, a, b, col, label, names):
-        va, vb = (_values(runs, a, col) if isinstance(a, str) else a), (_values(runs, b, col) if isinstance(b, str) else b)
-        if va and vb:
-            out.append(compare(claim, va, vb, metric=label, names=names, expect="greater", k=k,
-                               min_effect=min_effect))
-
-    if {"ida_up", "fcn"} <= trials:
-        add("DLA-Up segments better than the FCN-style decoder", "ida_up", "fcn", metric, "mIoU", ("ida_up", "fcn"))
-        if fine:
-            add("DLA-Up recovers fine structures the FCN-style decoder misses", "ida_up", "fcn", fine,
-                f"IoU({', '.join(fine)})", ("ida_up", "fcn"))
-    if {"ida_up", "ida_up_k1"} <= trials:
-        add("3×3 aggregation nodes beat 1×1 for dense prediction", "ida_up", "ida_up_k1", metric, "mIoU",
-            ("ida_up (3×3)", "ida_up_k1 (1×1)"))
-    if baseline is not None and not baseline.empty and fine and "ida_up" in trials:
-        base = baseline[baseline["class"].isin(fine)].groupby("seed")["iou"].mean().tolist()
-        budget = f"{int(baseline['n_train'].iloc[0])} images × {int(baseline['epochs'].iloc[0])} epochs"
-        add("Reference: DLA-Up's fine-structure IoU vs the plain calibration baseline", "ida_up", base, fine,
-            f"IoU({', '.join(fine)})", ("ida_up", f"plain ({budget})"))
-    return out
-
-
-def verdict_markdown(verdicts: Sequence[Verdict], paper: str = "n/a (PAPERS.md: the paper's segmentation table was not available)") -> str:
-    """A markdown table of the verdicts, for ``IPython.display.Markdown``."""
-    if not verdicts:
-        return "_No claim could be tested with the trials that ran._"
-    lines = [
-        "| claim | metric | A | B | mean A | mean B | Δ (A−B) | SE | seeds | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for v in verdicts:
-        se = "n/a" if math.isnan(v.se) else f"{v.se:.3f}"
-        lines.append(f"| {v.claim} | {v.metric} | {v.a} | {v.b} | {v.mean_a:.3f} | {v.mean_b:.3f} | "
-                     f"{v.delta:+.3f} | {se} | {v.n_a}/{v.n_b} | **{v.verdict}** |")
-    lines.append("")
-    lines.append(f"Paper numbers: {paper}.")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ plots
@@ -408,7 +253,7 @@ def _palette(num_classes: int) -> np.ndarray:
 def _colour(mask: torch.Tensor, palette: np.ndarray) -> np.ndarray:
     m = mask.numpy()
     out = np.zeros((*m.shape, 3))
-    valid = m != IGNORE
+    valid = m != IGNORE_INDEX
     out[valid] = palette[m[valid]]
     return out
 

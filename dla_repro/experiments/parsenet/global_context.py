@@ -1,29 +1,25 @@
-"""ParseNet §3 (notebook ``parsenet/05_global_context``): receptive fields, feature norms, fusion ablation.
+"""ParseNet §3 (arXiv 1506.04579; notebook ``parsenet/05_global_context``): receptive fields, feature norms, fusion ablation.
 
-What the notebook calls, in its order:
+The study (:mod:`dla_repro.experiments.study`) with this paper's pieces:
 
-* :func:`load_data` -- the synthetic segmentation task (default; it has the
-  scene-dependent *context classes*) or a real dataset reader (``siftflow``,
-  ``voc2012``, … via ``build_segmentation_dataset``) in the ``paper`` profile;
 * :func:`build_model` -- a ParseNet head (``dla_repro.models.parsenet``) on a
-  backbone: ``dla34_tiny`` (``dlarepro_dla34`` with channels 8…256, cut after
-  level ``level``; stride 8 at level 3) or ``vgg16`` (the FCN-32s baseline the
-  paper builds on) or any timm model name;
-* :data:`TRIALS` / :func:`make_trials` + :func:`run_ablation` -- the paper's
-  ablation as a ``dla_repro.engine.sweep``: the FCN baseline, +global context
-  with early / late fusion, each with and without L2 normalisation, and
-  learned vs fixed γ;
-* :func:`segmentation_scores` -- mIoU from the confusion matrix and, on the
-  synthetic data, the mIoU of the context classes and the **context error**
-  (among context-class pixels given the right shape, the share given the wrong
-  scene: the error global context is meant to remove; the same definition as
-  ``dla_repro.experiments.calibration``);
+  backbone: ``dlarepro_dla34`` (``tiny``: widths 8…256) cut after level
+  ``level`` (level 3: stride 8), ``vgg16`` (the FCN-32s baseline the paper builds
+  on, with fc6/fc7) or any timm model name;
+* :data:`TRIALS` / :func:`make_trials` + :func:`run` -- the paper's ablation: the
+  FCN baseline, +global context with early / late fusion, each with and without
+  L2 normalisation, and learned vs fixed γ;
+* :func:`evaluate` / :func:`segmentation_scores` -- mIoU from the confusion matrix
+  and, on the synthetic data, the mIoU of the context classes and the **context
+  error** (among context-class pixels given the right shape, the share given the
+  wrong scene: the error global context is meant to remove; the same definition
+  as ``dla_repro.experiments.calibration``), plus the learned γ;
+* :data:`CLAIMS` -- the paper's statements, declared before training;
 * :func:`receptive_fields` / :func:`plot_receptive_field` -- theoretical and
   empirical field of the backbone's last layer (figure 1);
 * :func:`feature_norms` / :func:`plot_feature_norms` -- per-layer feature norms
   (figure 2: why normalise before fusing);
-* :func:`summarize`, :func:`plot_ablation`, :func:`parsenet_claims` -- the table,
-  the figure and the verdicts (``dla_repro.analysis.claims.compare``).
+* :func:`summarize`, :func:`plot_ablation` -- the table and the figure.
 """
 
 from __future__ import annotations
@@ -37,35 +33,31 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ...analysis.claims import INCONCLUSIVE, Verdict, compare
 from ...analysis.receptive_field import empirical_receptive_field, extent, theoretical_receptive_field
-from ...engine import SegmentationTask, Trial, TrainConfig, sweep
+from ...engine import SegmentationTask, TrainConfig, Trial
+from ...metrics.segmentation import dataset_confusion, iou_from_confusion
 from ...models.parsenet import ParseNetSegmenter, create_parsenet, vgg16_fcn
-from ..dla.segmentation import IGNORE, TINY_DLA34_CHANNELS, SegData
-from ..dla.segmentation import load_data as load_segmentation
+from .. import study
+from ..study import Claim
 
 __all__ = [
     "TRIALS",
-    "TINY_DLA34_CHANNELS",
-    "ParseNetData",
-    "load_data",
+    "CLAIMS",
+    "METRICS",
     "build_model",
     "make_trials",
-    "load_trained",
-    "run_ablation",
-    "confusion",
+    "run",
+    "evaluate",
     "segmentation_scores",
+    "claims",
     "summarize",
-    "parsenet_claims",
     "receptive_fields",
     "feature_norms",
     "plot_receptive_field",
     "plot_feature_norms",
     "plot_ablation",
     "receptive_field_table",
-    "verdict_markdown",
     "sample_images",
 ]
 
@@ -80,30 +72,8 @@ TRIALS: dict[str, dict[str, Any]] = {
     "early_l2_fixed": dict(fusion="early", l2norm=True, learn_scale=False),
     "late_l2_fixed": dict(fusion="late", l2norm=True, learn_scale=False),
 }
-
-
-# ------------------------------------------------------------------------------ data
-#: What the ablation trains on: the DLA segmentation notebook's data (its
-#: ``context_classes`` are what the context scores read).
-ParseNetData = SegData
-
-
-def load_data(
-    dataset: str = "synthetic",
-    data_root: str = "",
-    image_size: int = 64,
-    n_train: int = 2000,
-    n_val: int = 500,
-    seed: int = 0,
-    crop_size: int = 0,
-) -> ParseNetData:
-    """The synthetic segmentation splits, or a real dataset's train / test (val) splits.
-
-    The same data as :func:`dla_repro.experiments.dla.segmentation.load_data`
-    (random scale in [1/2, 2], ``crop_size`` crop and flip on real training data;
-    SiftFlow evaluates on ``test``, the others on ``val``), without rotation.
-    """
-    return load_segmentation(dataset, data_root, image_size, n_train, n_val, seed, crop_size=crop_size)
+METRICS = ("eval_miou", "eval_miou_context", "eval_context_error")
+MIN_EFFECT = 0.01  # one mIoU point, as in the DLA segmentation study
 
 
 # ----------------------------------------------------------------------------- model
@@ -113,72 +83,32 @@ def build_model(
     l2norm: bool = True,
     learn_scale: bool = True,
     init_scale: float = 10.0,
-    backbone: str = "dla34_tiny",
+    backbone: str = "dlarepro_dla34",
+    tiny: bool = True,
     level: int = 3,
     hidden_channels: int = 0,
 ) -> ParseNetSegmenter:
     """A ParseNet (or, ``fusion="none", l2norm=False``, its FCN baseline) on ``backbone``.
 
-    ``dla34_tiny``: ``dlarepro_dla34`` with channels 8…256, levels 0…``level``
-    returned and the last one used (level 3: stride 8, 64 channels).
-    ``vgg16``: the FCN-32s VGG-16 with fc6/fc7 (``vgg16_fcn``).  Any other name:
-    a timm model, ``features_only``, levels 0…``level``.
+    ``vgg16``: the FCN-32s VGG-16 with fc6/fc7 (``vgg16_fcn``).  Any other name: a
+    timm model built ``features_only`` with levels 0…``level``, the last one used
+    (``dlarepro_dla34``, ``tiny``: level 3 is stride 8 with 64 channels).
     """
     head = dict(fusion=fusion, l2norm=l2norm, learn_scale=learn_scale, init_scale=init_scale,
                 hidden_channels=hidden_channels or None)
     if backbone == "vgg16":
+        if tiny:
+            raise ValueError("tiny=True applies to dlarepro_* backbones; use tiny=False with vgg16")
         return vgg16_fcn(num_classes, **head)
-    extra: dict[str, Any] = {"out_indices": tuple(range(level + 1))}
-    name = backbone
-    if backbone == "dla34_tiny":
-        name, extra["channels"] = "dlarepro_dla34", TINY_DLA34_CHANNELS
-    import dla_repro.models  # noqa: F401  (registers dlarepro_*)
-
-    return create_parsenet(name, num_classes, **head, **extra)
+    return create_parsenet(backbone, num_classes, **head, tiny=tiny, out_indices=tuple(range(level + 1)))
 
 
 def make_trials(names: Sequence[str], num_classes: int, **model_kwargs) -> list[Trial]:
-    """One ``Trial`` per name of :data:`TRIALS` (unknown names: a ``ValueError`` listing the known ones)."""
-    unknown = [n for n in names if n not in TRIALS]
-    if unknown:
-        raise ValueError(f"unknown trials {unknown}; known: {', '.join(TRIALS)}")
-    return [Trial(n, dict(TRIALS[n]), functools.partial(build_model, num_classes, **TRIALS[n], **model_kwargs))
-            for n in names]
-
-
-def load_trained(result, trial: str, seed: int, num_classes: int, **model_kwargs) -> ParseNetSegmenter:
-    """The final model of ``(trial, seed)`` of a sweep, rebuilt and loaded from its weights (CPU, eval mode)."""
-    model = build_model(num_classes, **TRIALS[trial], **model_kwargs)
-    state = torch.load(result.fits[(trial, seed)].weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    """One trial per name of :data:`TRIALS` (its settings are the logged parameters)."""
+    return study.trial_table(TRIALS, names, build_model, num_classes=num_classes, logged={}, **model_kwargs)
 
 
 # --------------------------------------------------------------------------- metrics
-@torch.no_grad()
-def confusion(model: nn.Module, dataset, num_classes: int, batch_size: int = 64) -> torch.Tensor:
-    """``C×C`` counts over ``dataset`` (rows: target, columns: prediction; 255 ignored), on CPU."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    cm = torch.zeros(num_classes * num_classes, dtype=torch.long)
-    try:
-        for x, y in DataLoader(dataset, batch_size=batch_size):
-            pred = model(x.to(device)).argmax(1).cpu()
-            keep = y != IGNORE
-            cm += torch.bincount(y[keep].long() * num_classes + pred[keep], minlength=num_classes**2)
-    finally:
-        model.train(was_training)
-    return cm.view(num_classes, num_classes)
-
-
-def _iou(cm: torch.Tensor) -> torch.Tensor:
-    cm = cm.double()
-    tp = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-
-
 def segmentation_scores(cm: torch.Tensor, synthetic=None) -> dict[str, float]:
     """``miou``, ``pixel_acc`` from a confusion matrix; on synthetic data also the context scores.
 
@@ -188,7 +118,7 @@ def segmentation_scores(cm: torch.Tensor, synthetic=None) -> dict[str, float]:
     (chance 1 − 1/scene types); NaN when the model finds under 1 % of those
     pixels' shape (``context_shape_recall``).
     """
-    iou = _iou(cm)
+    iou = iou_from_confusion(cm)
     out = {"miou": float(torch.nanmean(iou)), "pixel_acc": float(cm.diag().sum() / cm.sum().clamp(min=1))}
     if synthetic is None:
         return out
@@ -207,67 +137,44 @@ def _gammas(model: nn.Module) -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------------ the sweep
-def run_ablation(
+def evaluate(model: nn.Module, data: study.StudyData, batch_size: int = 64) -> dict[str, float]:
+    """:func:`segmentation_scores` of the final model on the evaluation split (prefix ``eval_``) and its mean γ."""
+    cm = dataset_confusion(model, data.val, data.num_classes, batch_size)
+    scores = segmentation_scores(cm, data.synthetic)
+    return {**{f"eval_{k}": v for k, v in scores.items()}, **_gammas(model)}
+
+
+# ------------------------------------------------------------------------ the study
+def run(
     name: str,
     trials: Sequence[str],
-    data: ParseNetData,
+    data: study.StudyData,
     config: TrainConfig,
     seeds: Sequence[int],
     eval_batch_size: int = 64,
     **model_kwargs,
-):
-    """Train every trial × seed (``engine.sweep``) and score each on the evaluation split.
-
-    Each result row gets :func:`segmentation_scores` of the final model (prefix
-    ``eval_``) and the mean learned γ of each normalisation.  Returns the
-    ``SweepResult``.
-    """
-    task = SegmentationTask(data.num_classes, ignore_index=IGNORE)
-
-    def extra(model: nn.Module, _result) -> dict[str, float]:
-        cm = confusion(model, data.val, data.num_classes, eval_batch_size)
-        scores = segmentation_scores(cm, data.synthetic)
-        return {**{f"eval_{k}": v for k, v in scores.items()}, **_gammas(model)}
-
-    params = {"data": data.description, "num_classes": data.num_classes, **model_kwargs}
-    return sweep(name, make_trials(trials, data.num_classes, **model_kwargs), data.splits, config, seeds, task,
-                 params=params, extra=extra)
-
-
-METRICS = ("eval_miou", "eval_miou_context", "eval_context_error")
+) -> study.StudyResult:
+    """Train every trial × seed and score each final model on the evaluation split (:func:`evaluate`)."""
+    return study.run(name, make_trials(trials, data.num_classes, **model_kwargs), data, config, seeds,
+                     SegmentationTask(data.num_classes),
+                     evaluate=functools.partial(evaluate, batch_size=eval_batch_size),
+                     params={"num_classes": data.num_classes, **model_kwargs})
 
 
 def summarize(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Mean ± std over seeds per trial, in the trial order of the runs."""
-    metrics = [m for m in metrics if m in runs]
-    order = list(dict.fromkeys(runs["trial"]))
-    g = runs.groupby("trial", sort=False)
-    table = pd.DataFrame({"trial": order})
-    for col in ("fusion", "l2norm", "learn_scale"):
-        if col in runs:
-            table[col] = [runs.loc[runs["trial"] == t, col].iloc[0] for t in order]
-    table["seeds"] = [int(g.get_group(t)["seed"].nunique()) for t in order]
-    for m in metrics:
-        table[f"{m}_mean"] = [g.get_group(t)[m].mean() for t in order]
-        table[f"{m}_std"] = [g.get_group(t)[m].std(ddof=1) for t in order]
+    table = study.summarize(runs, metrics, first=["fusion", "l2norm", "learn_scale"])
     if "train_seconds" in runs:
-        table["train_seconds_mean"] = [g.get_group(t)["train_seconds"].mean() for t in order]
+        table["train_seconds_mean"] = runs.groupby("trial", sort=False)["train_seconds"].mean().to_numpy()
     return table
 
 
-def _values(runs: pd.DataFrame, trial: str, metric: str) -> list[float]:
-    col = runs.loc[runs["trial"] == trial, metric] if metric in runs else pd.Series(dtype=float)
-    return [float(v) for v in col if v is not None and math.isfinite(float(v))]
+def claims(equal_tolerance: float = 0.02, min_effect: float = MIN_EFFECT) -> list[Claim]:
+    """The paper's statements (§3, §4) as claims, declared before training.
 
-
-def parsenet_claims(runs: pd.DataFrame, equal_tolerance: float = 0.02, k: float = 2.0,
-                    min_effect: float = 0.01) -> list[Verdict]:
-    """The paper's statements as verdicts from the measured runs (claims whose trials were not run are skipped).
-
-    A directional claim also needs ``min_effect`` (default one mIoU point, as in the
-    DLA segmentation notebook): with two seeds the standard error itself is noisy,
-    and a difference below a point is not what the paper reports.
+    Directional claims need ``min_effect`` (one mIoU point, :data:`MIN_EFFECT`) besides the noise.
+    A context metric that is undefined for a model (it never found the context
+    shapes) makes its claim inconclusive, saying so.
 
     1. global context helps: ``early_l2`` > ``fcn`` on mIoU; and on the synthetic
        data, the mechanism: lower context error, higher context-class mIoU;
@@ -275,32 +182,22 @@ def parsenet_claims(runs: pd.DataFrame, equal_tolerance: float = 0.02, k: float 
     3. with normalisation early ≈ late: ``|early_l2 − late_l2| ≤ equal_tolerance`` mIoU;
     4. learning γ (the paper's choice) beats a fixed γ: ``early_l2`` > ``early_l2_fixed``.
     """
-    specs = [
-        ("global context helps (ParseNet > FCN baseline)", "early_l2", "fcn", "eval_miou", "greater"),
-        ("global context resolves context classes (lower context error)", "early_l2", "fcn",
-         "eval_context_error", "less"),
-        ("global context helps the context classes (their mIoU)", "early_l2", "fcn", "eval_miou_context", "greater"),
-        ("early fusion needs normalisation", "early_l2", "early", "eval_miou", "greater"),
-        ("late fusion needs normalisation", "late_l2", "late", "eval_miou", "greater"),
-        ("with normalisation, early ≈ late fusion", "early_l2", "late_l2", "eval_miou", "equal"),
-        ("a learned scale γ beats a fixed one", "early_l2", "early_l2_fixed", "eval_miou", "greater"),
+    never = "never found the shapes"
+    return [
+        Claim("global context helps (ParseNet > FCN baseline)", "early_l2", "fcn", "eval_miou", min_effect=min_effect),
+        Claim("global context resolves context classes (lower context error)", "early_l2", "fcn",
+              "eval_context_error", expect="less", min_effect=min_effect, undefined=never),
+        Claim("global context helps the context classes (their mIoU)", "early_l2", "fcn", "eval_miou_context",
+              min_effect=min_effect, undefined=never),
+        Claim("early fusion needs normalisation", "early_l2", "early", "eval_miou", min_effect=min_effect),
+        Claim("late fusion needs normalisation", "late_l2", "late", "eval_miou", min_effect=min_effect),
+        Claim("with normalisation, early ≈ late fusion", "early_l2", "late_l2", "eval_miou", expect="equal",
+              tolerance=equal_tolerance),
+        Claim("a learned scale γ beats a fixed one", "early_l2", "early_l2_fixed", "eval_miou", min_effect=min_effect),
     ]
-    verdicts = []
-    for claim, a, b, metric, expect in specs:
-        if a not in set(runs["trial"]) or b not in set(runs["trial"]) or metric not in runs:
-            continue  # trial not run, or metric not defined on this data (context scores on real data)
-        xa, xb = _values(runs, a, metric), _values(runs, b, metric)
-        if not xa or not xb:  # e.g. context error undefined: the model never found the context shapes
-            nan = float("nan")
-            mean_a, mean_b = (float(np.mean(x)) if x else nan for x in (xa, xb))
-            undefined = " and ".join(n for n, x in ((a, xa), (b, xb)) if not x)
-            verdicts.append(Verdict(claim, metric, a, b, mean_a, mean_b, nan, nan, len(xa), len(xb), expect,
-                                    INCONCLUSIVE, note=f"{metric} undefined for {undefined} (never found the shapes)"))
-            continue
-        verdicts.append(compare(claim, xa, xb, metric=metric, names=(a, b), expect=expect, k=k,
-                                tolerance=equal_tolerance if expect == "equal" else None,
-                                min_effect=0.0 if expect == "equal" else min_effect))
-    return verdicts
+
+
+CLAIMS = claims()
 
 
 # --------------------------------------------------------------- receptive field (fig 1)
@@ -466,19 +363,6 @@ def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = METRICS):
                         va="bottom", fontsize=8, color="0.35", transform=ax.get_xaxis_transform())
     fig.tight_layout()
     return fig
-
-
-def verdict_markdown(verdicts: Sequence[Verdict]) -> str:
-    """The claims as a Markdown table (for ``IPython.display.Markdown``)."""
-    lines = ["| claim | metric | A | B | mean A | mean B | Δ (A−B) | SE | seeds | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for v in verdicts:
-        se = "n/a" if math.isnan(v.se) else f"{v.se:.3f}"
-        num = lambda x, fmt=".3f": "n/a" if math.isnan(x) else format(x, fmt)  # noqa: E731
-        lines.append(f"| {v.claim} | {v.metric} | {v.a} | {v.b} | {num(v.mean_a)} | {num(v.mean_b)} | "
-                     f"{num(v.delta, '+.3f')} | {se} | {v.n_a}/{v.n_b} | **{v.verdict}**"
-                     + (f" ({v.note})" if v.note else "") + " |")
-    return "\n".join(lines)
 
 
 def sample_images(dataset, n: int, seed: int = 0) -> torch.Tensor:
