@@ -364,7 +364,9 @@ VERDICT_RULE = ("A claim is *reproduced* only when the mean difference has the c
 
 
 def paper_vs_ours(results: Results, spec: ModelSpec, dataset: str, metric: str = METRIC) -> pd.DataFrame:
-    """The paper's reference numbers (PAPERS.md §1) beside ours, one row per configuration we trained.
+    """The reference numbers (:mod:`.reference`: timm's evaluation of the authors' weights) beside ours.
+
+    One row per configuration we trained.
 
     The paper's models are ImageNet-size (``params_m``, top-1 of the authors'
     weights as evaluated by timm); ours are whatever this run trained -- on
