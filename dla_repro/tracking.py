@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -388,12 +389,17 @@ def log_table(df, filename: str) -> Path:
     return path
 
 
+def metric_name(key: str) -> str:
+    """``key`` as an MLflow metric name: characters MLflow refuses (e.g. ``@`` in ``iou_disk@scene0``) become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Log ``metrics`` to run ``run_id`` (open or finished) at ``step``, each key at most once.
 
-    A key whose latest value on the run already equals the new one (NaN equals
-    NaN) is skipped, so a rerun that recomputes the same numbers (a resumed
-    sweep) logs nothing twice.
+    Keys become valid metric names (:func:`metric_name`).  A key whose latest
+    value on the run already equals the new one (NaN equals NaN) is skipped, so a
+    rerun that recomputes the same numbers (a resumed sweep) logs nothing twice.
     """
     import math
     import time
@@ -408,7 +414,8 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> Non
         return b is not None and (a == b or (math.isnan(a) and math.isnan(b)))
 
     now = int(time.time() * 1000)
-    fresh = [Metric(k, float(v), now, step) for k, v in metrics.items() if not same(float(v), logged.get(k))]
+    named = {metric_name(k): float(v) for k, v in metrics.items()}
+    fresh = [Metric(k, v, now, step) for k, v in named.items() if not same(v, logged.get(k))]
     for i in range(0, len(fresh), 1000):  # MLflow batch limit
         client.log_batch(run_id, metrics=fresh[i : i + 1000])
 

@@ -157,3 +157,15 @@ def test_git_dirty_flag_ignores_the_results_folder(tmp_path):
     (tmp_path / "code.py").write_text("a = 2\n")  # the code changed
     state = tracking.git_state(tmp_path)
     assert state["git_dirty"] == "true" and len(state["git_commit"]) == 40
+
+
+def test_log_metrics_turns_class_names_into_valid_metric_names_and_logs_once():
+    # per-class scores are named after classes such as "disk@scene0", which MLflow refuses as a metric name
+    exp = tracking.get_or_create_experiment("metric_names")
+    with mlflow.start_run(experiment_id=exp) as run:
+        pass
+    tracking.log_metrics(run.info.run_id, {"iou_disk@scene0": 0.25, "val_miou": 0.5}, step=2)
+    tracking.log_metrics(run.info.run_id, {"iou_disk@scene0": 0.25}, step=2)  # the same value again: skipped
+    client = MlflowClient()
+    assert client.get_run(run.info.run_id).data.metrics == {"iou_disk_scene0": 0.25, "val_miou": 0.5}
+    assert len(client.get_metric_history(run.info.run_id, "iou_disk_scene0")) == 1
