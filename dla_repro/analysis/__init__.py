@@ -1,1 +1,1 @@
-"""Analyses without training: aggregation graphs, receptive fields, claim verdicts and the claims report."""
+"""Analyses without training, knowing no paper: claim verdicts (``claims``), the claims report (``report``), receptive fields (``receptive_field``)."""

@@ -93,7 +93,7 @@ def bench_models(
     import pandas as pd
     import timm
 
-    from ..models import dla as _dla  # noqa: F401  (registers dlarepro_*)
+    from .. import models as _models  # noqa: F401  (importing it registers dlarepro_* in timm)
 
     device = bench_device(device, "bench_models")
     if settings is None:
