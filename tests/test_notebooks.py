@@ -33,6 +33,26 @@ def test_notebook_is_clean_and_parameterised(spec):
     assert not any(line.lstrip().startswith("class ") for c in code for line in c.source.splitlines())
 
 
+def test_training_parameters_are_declared_alike_in_every_notebook():
+    """A parameter named like a TrainConfig field has that field's type everywhere, one spelling of the tiny
+    backbone, and every training notebook reads its parameters back once (``notebook.parameters``)."""
+    import dataclasses
+
+    from dla_repro.engine import TrainConfig
+
+    field_types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for spec in SPECS:
+        params = pipeline.notebook_parameters(spec.path)
+        for name, p in params.items():
+            if name in field_types:
+                assert p.type in str(field_types[name]), f"{spec.name}: {name} is {p.type}, TrainConfig has {field_types[name]}"
+        assert not any("dla34_tiny" in str(p.default) for p in params.values()), "tiny backbones: backbone + tiny"
+        source = "\n".join(c.source for c in nbformat.read(spec.path, as_version=4).cells if c.cell_type == "code")
+        if "epochs" in params:
+            assert "notebook.parameters(globals())" in source and "notebook.train_config(params" in source
+            assert "TrainConfig(" not in source, f"{spec.name}: build the config from the parameters, not by hand"
+
+
 @pytest.mark.parametrize("profile", pipeline.PROFILES)
 def test_every_notebook_plans_in_every_profile(profile):
     jobs = pipeline.plan(profile=profile, pipeline=PIPE)
