@@ -208,7 +208,8 @@ def _real_dense(task: str, dataset: str, data_root: str, crop: int, scale: float
     names = list(getattr(train, "classes", [str(k) for k in range(num_classes)]))
     desc = (f"{dataset} ({data_root}; {len(train)} train / {len(val)} {eval_split}; crop {crop}, "
             f"rotate ±{rotate:g}°, scale {scale:g})")
-    name, digest, source = getattr(train, "name", dataset), getattr(train, "digest", None), str(data_root)
+    name, digest = getattr(train, "name", dataset), getattr(train, "digest", None)
+    source = getattr(train, "source", None) or str(data_root)
     if task == "segmentation":
         return StudyData(task, DataBundle(train, val, name, digest, source), num_classes, names, desc,
                          mean=tuple(IMAGENET_DEFAULT_MEAN), std=tuple(IMAGENET_DEFAULT_STD), eval_split=eval_split)
