@@ -34,8 +34,12 @@ smoke: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Jupyter refuses to start as root (containers) without --allow-root.
+USER_ID ?= $(shell id -u)
+LAB_FLAGS := $(if $(filter 0,$(USER_ID)),--allow-root)
+
 lab: setup
-	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir .
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir . $(LAB_FLAGS)
 
 ui: setup
 	$(BIN)/dla-repro ui

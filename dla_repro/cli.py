@@ -49,7 +49,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed or not_run else 0
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` (e.g. already in use), or None if it can."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve host {host!r}: {exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        problem = port_problem(args.host, args.port)
+        if problem is not None:
+            print(f"dla-repro ui: cannot listen on {args.host}:{args.port}: {problem} "
+                  f"(another MLflow UI?); choose a free port with --port N", file=sys.stderr)
+            return 1
     uri = tracking.configure()
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} over {uri}")

@@ -12,6 +12,9 @@ Layout of what lands in MLflow:
 * one **child run per trained configuration** (``child_run``), nested under the
   notebook run or under a sweep run nested in it, carrying the flattened config,
   per-epoch metrics, the dataset (``mlflow.log_input``) and the final checkpoint.
+  A nested run is created in its parent's experiment, so a notebook's experiment
+  holds its run, its sweeps and their trainings (and their artifacts), and
+  MLflow's ``Default`` experiment stays empty.
 
 The store defaults to ``sqlite:///<repo>/mlflow.db`` resolved from the repository
 root (papermill's working directory is the notebook's folder), with artifacts in
@@ -301,6 +304,30 @@ def _log_params_once(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
+def parent_run() -> tuple[str, str] | None:
+    """``(run_id, experiment_id)`` of the run a new run nests under, or None.
+
+    The active run of this process (the notebook run, or a sweep run inside it);
+    else the notebook run the pipeline created for this execution
+    (``DLA_REPRO_PARENT_RUN_ID``), whose experiment is read from the store.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.run_id, active.info.experiment_id
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return None
+    try:
+        return parent, MlflowClient(configure()).get_run(parent).info.experiment_id
+    except mlflow.exceptions.MlflowException as exc:
+        raise RuntimeError(
+            f"{PARENT_RUN_ENV}={parent} names no run in the MLflow store {tracking_uri()}"
+        ) from exc
+
+
 @contextlib.contextmanager
 def child_run(
     run_name: str,
@@ -309,10 +336,13 @@ def child_run(
     experiment: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[Any]:
-    """A run for one trained configuration (or a sweep), nested under the active run.
+    """A run for one trained configuration (or a sweep), nested under its parent run.
 
-    ``run_id`` reopens an existing run (resume after a crash). With no active run
-    the run is top-level in ``experiment`` (default: ``"scratch"``). An exception
+    The parent is the active run (the notebook run, or a sweep run inside it), else
+    the pipeline's notebook run named by ``DLA_REPRO_PARENT_RUN_ID``; the new run
+    is created in the **parent's experiment**, never MLflow's ``Default``.  With
+    no parent the run is top-level in ``experiment`` (default: ``"scratch"``).
+    ``run_id`` reopens an existing run (resume after a crash). An exception
     inside the block marks the run FAILED and propagates.
     """
     import mlflow
@@ -322,8 +352,13 @@ def child_run(
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id, nested=nested)
     else:
-        exp_id = None if nested else get_or_create_experiment(experiment or "scratch")
-        run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=exp_id)
+        parent = parent_run()
+        if parent is None:
+            run = mlflow.start_run(run_name=run_name, experiment_id=get_or_create_experiment(experiment or "scratch"))
+        else:
+            parent_id, exp_id = parent
+            run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=exp_id,
+                                   parent_run_id=None if nested else parent_id)
     try:
         if params:
             _log_params_once(params)

@@ -76,12 +76,14 @@ def test_run_ablation_trains_each_model_once_and_nests_runs():
     full = runs[runs["trial"] == "agg=full"].set_index("seed")["val_top1"]
     assert (reused.set_index("seed")["val_top1"] == full).all()
     assert len(results.history) == 8 and set(results.history["config"]) == {"none", "full", "1×1 node", "3×3 node"}
-    # 6 trained runs (not 8), each nested under a sweep run nested under the notebook run
-    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # 6 trained runs (not 8), each nested under a sweep run nested under the notebook run, all in its experiment
+    in_experiment = [parent.info.experiment_id]
+    children = mlflow.search_runs(in_experiment, filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 and set(children["tags.mlflow.runName"]) == {"dla_aggregation", "dla_kernel"}
-    trained = mlflow.search_runs(filter_string="tags.kind != 'sweep'")
+    trained = mlflow.search_runs(in_experiment, filter_string="tags.kind != 'sweep'")
     trained = trained[trained["run_id"] != parent.info.run_id]
-    assert len(trained) == 6
+    assert len(trained) == 6 and set(trained["tags.mlflow.parentRunId"]) == set(children["run_id"])
+    assert mlflow.search_runs(["0"]).empty  # nothing in Default
     table = exp.summary(results)
     assert list(table["trial"]) == ["agg=none", "agg=full", "kernel=1x1", "kernel=3x3"]
 

@@ -163,12 +163,14 @@ def test_killed_between_checkpoint_and_log_backfills_the_missing_step(tmp_path, 
 def test_finished_run_is_returned_without_retraining(tmp_path, monkeypatch):
     cfg = dataclasses.replace(resume_config(tmp_path / "done"), epochs=2)
     first = fit(toy_model(), toy_data(32, 16), cfg, run_name="done")
+    train_epoch = loop._train_epoch
     monkeypatch.setattr(loop, "_train_epoch", lambda *a: pytest.fail("retrained a finished run"))
     again = fit(toy_model(seed=5), toy_data(32, 16), cfg, run_name="done")
     assert again.run_id == first.run_id
     assert again.history.equals(first.history)
     assert logged_steps(first.run_id)["train_loss"] == [0, 1]
-    # resume=False trains again, in a new run
-    monkeypatch.undo()
+    # resume=False trains again, in a new run (of this test's store: no monkeypatch.undo(), which
+    # would also undo the isolated-store fixture)
+    monkeypatch.setattr(loop, "_train_epoch", train_epoch)
     fresh = fit(toy_model(), toy_data(32, 16), dataclasses.replace(cfg, resume=False), run_name="done")
     assert fresh.run_id != first.run_id

@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from dla_repro import cli, pipeline
+from dla_repro import cli, pipeline, tracking
 from dla_repro.paths import results_dir
 
 PIPE = pipeline.load_pipeline()
@@ -68,3 +68,27 @@ def test_whole_pipeline_runs_in_smoke_profile(capsys):
     manifest = json.loads((results_dir() / "manifest_smoke.json").read_text())
     assert set(manifest["notebooks"]) == {s.name for s in SPECS}
     assert all(e["status"] == "ok" for e in manifest["notebooks"].values())
+    _assert_every_run_in_its_notebooks_experiment(manifest)
+
+
+def _assert_every_run_in_its_notebooks_experiment(manifest: dict) -> None:
+    """Each notebook's experiment holds its run and every sweep / training beneath it; Default stays empty;
+    every run's artifacts are under the store's artifact root."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.configure())
+    assert not client.search_runs(["0"]), "runs in MLflow's Default experiment"
+    runs = {r.info.run_id: r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    for name, entry in manifest["notebooks"].items():
+        notebook = runs[entry["mlflow_run_id"]]
+        assert client.get_experiment(notebook.info.experiment_id).name == entry["mlflow_experiment"], name
+    nested = 0
+    for run in runs.values():
+        root = run
+        while "mlflow.parentRunId" in root.data.tags:
+            root = runs[root.data.tags["mlflow.parentRunId"]]
+            nested += 1
+        assert root.data.tags.get("kind") == "notebook", run.info.run_name
+        assert run.info.experiment_id == root.info.experiment_id, run.info.run_name
+        assert run.info.artifact_uri.startswith(tracking.artifact_root().as_uri()), run.info.artifact_uri
+    assert nested, "the smoke pipeline trains nested runs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +44,55 @@ def test_sweep_nests_every_trial_and_seed_and_is_deterministic():
         assert child.data.tags["mlflow.parentRunId"] == result.sweep_run_id
         assert child.data.params["sweep"] == "toy sweep" and "width" in child.data.params
         assert child.info.status == "FINISHED"
+
+
+def _runs_by_experiment(mlflow_client) -> dict[str, set[str]]:
+    """run ids of every run in the store, by experiment id (Default is ``"0"``)."""
+    exps = mlflow_client.search_experiments(view_type=mlflow.entities.ViewType.ALL)
+    return {e.experiment_id: {r.info.run_id for r in mlflow_client.search_runs([e.experiment_id])} for e in exps}
+
+
+@pytest.mark.parametrize("parent", ["notebook run in this kernel", "pipeline run via env"])
+def test_notebook_sweep_and_trainings_land_in_the_notebooks_experiment(parent, monkeypatch, tmp_path):
+    """notebook run -> sweep -> trainings: one experiment holds them all, Default stays empty, and the
+    trainings' checkpoints are in the store's artifact root (not ./mlruns/0)."""
+    monkeypatch.chdir(tmp_path)  # where MLflow would put Default's artifacts (./mlruns)
+    exp_id = tracking.get_or_create_experiment("unit_hierarchy")
+    mlflow_client = client()
+    if parent == "pipeline run via env":  # as dla-repro run: the run exists, the kernel gets its id
+        notebook_id = mlflow_client.create_run(exp_id, run_name="unit_hierarchy-smoke").info.run_id
+        monkeypatch.setenv(tracking.PARENT_RUN_ENV, notebook_id)
+    else:
+        notebook_id = tracking.start_notebook_run("unit_hierarchy", {"epochs": 1}, profile="smoke").info.run_id
+    trials = [Trial("w=2", {"width": 2}, functools.partial(_model, 2))]
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="constant", progress=False)
+    result = sweep("placement", trials, toy_data(32, 16), cfg, seeds=[0])
+    tracking.end_notebook_run()
+
+    fit_id = result.runs.loc[0, "run_id"]
+    assert mlflow_client.get_run(result.sweep_run_id).data.tags["mlflow.parentRunId"] == notebook_id
+    assert mlflow_client.get_run(fit_id).data.tags["mlflow.parentRunId"] == result.sweep_run_id
+    by_exp = _runs_by_experiment(mlflow_client)
+    assert by_exp[exp_id] == {notebook_id, result.sweep_run_id, fit_id}
+    assert not by_exp.get("0"), "runs in MLflow's Default experiment"
+    root = tracking.artifact_root()
+    artifact_uri = mlflow_client.get_run(fit_id).info.artifact_uri
+    assert artifact_uri.startswith(root.as_uri())
+    logged = [a.path for a in mlflow_client.list_artifacts(fit_id, "checkpoints")]
+    assert logged and all((root / artifact_uri[len(root.as_uri()) + 1:] / p).is_file() for p in logged)
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_run_without_a_parent_goes_to_its_named_experiment_and_a_missing_parent_is_an_error(monkeypatch):
+    with tracking.child_run("alone", experiment="unit_alone") as run:
+        pass
+    mlflow_client = client()
+    assert run.info.experiment_id == mlflow_client.get_experiment_by_name("unit_alone").experiment_id
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, "0123456789abcdef0123456789abcdef")
+    with pytest.raises(RuntimeError, match=tracking.PARENT_RUN_ENV):
+        with tracking.sweep_run("orphan"):
+            pass
+    assert not _runs_by_experiment(mlflow_client).get("0")
 
 
 def test_sweep_rejects_duplicate_names_and_no_seeds():

@@ -27,6 +27,16 @@ def test_default_store_is_resolved_from_repo_root_not_cwd(monkeypatch, tmp_path)
     assert tracking.tracking_uri() == "http://team-server:5000"
 
 
+def test_undoing_a_tests_monkeypatching_cannot_reach_the_repository_store(monkeypatch):
+    # monkeypatch.undo() also drops the isolated-store fixture's variables (tests/conftest.py):
+    # the session's own environment must still point at a throw-away store.
+    monkeypatch.undo()
+    repo_store = f"sqlite:///{repo_root() / 'mlflow.db'}"
+    assert tracking.tracking_uri() != repo_store
+    assert tracking.configure() != repo_store
+    assert tracking.artifact_root() != repo_root() / "mlartifacts"
+
+
 def test_flatten_nested_params():
     flat = tracking.flatten({"optim": {"lr": 0.1, "momentum": 0.9}, "levels": [1, 2], "name": "dla34"})
     assert flat == {"optim.lr": "0.1", "optim.momentum": "0.9", "levels": "[1, 2]", "name": "dla34"}

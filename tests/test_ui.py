@@ -29,6 +29,21 @@ def test_dry_run_prints_urls_and_binds_loopback(capsys):
     assert "--host 127.0.0.1" in out and tracking.tracking_uri() in out
 
 
+@pytest.mark.timeout(120)
+def test_busy_port_is_one_clear_line_and_a_nonzero_exit(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = cli.main(["ui", "--port", str(port)])
+    captured = capsys.readouterr()
+    assert code != 0
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], captured.err
+    assert "http://" not in captured.out  # no URLs of a UI that is not coming up
+    assert cli.port_problem("127.0.0.1", port) is None  # free again once released
+
+
 @pytest.mark.slow
 def test_ui_serves_the_store():
     exp_id = tracking.get_or_create_experiment("ui_live")
