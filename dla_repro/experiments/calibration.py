@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, SyntheticDataset, make_splits
+from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
 from ..metrics.segmentation import confusion_matrix, iou_from_confusion
 from ..paths import results_dir
 

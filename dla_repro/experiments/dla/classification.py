@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ...analysis.claims import INCONCLUSIVE, Verdict, claims_table, floor_note
 from ...engine import ClassificationTask, TrainConfig, Trial
