@@ -11,12 +11,18 @@ change, each configuration of :data:`CONFIGS` was built right after
 * SHA-256 and a sample of the logits of one eval and one training forward on a
   fixed input (the computation is the same, operation for operation).
 
-Parameters are compared bit for bit everywhere (they come from the seeded CPU
-generator).  Outputs are compared bit for bit on the machine kind that wrote the
-file (same torch version and CPU capability); elsewhere a CPU may round convolutions
-differently, so only the sampled values are compared, to 1e-5 relative.
+The file holds one record per machine kind (torch version and CPU capability),
+each written by the pre-restructure code (commit 6ab12e0): even the seeded
+initialisation differs between kinds (torch's vectorised ``normal_`` draws
+differently on AVX2 and AVX512), so a machine is compared with its own kind's
+record -- parameters and outputs bit for bit, sampled logits to 1e-5 relative.
+On a kind with no record only the state_dict keys and output shapes can be
+checked; the value comparison is skipped, saying so.
 
-Regenerate (only for an intended change of numbers): ``python tests/test_segmenter_identity.py``.
+Record another kind (from the pre-restructure code, e.g. a worktree at 6ab12e0
+running this file with the current test file copied in), or regenerate for an
+intended change of numbers: ``python tests/test_segmenter_identity.py`` (merges
+this machine kind's record into the file).
 """
 
 from __future__ import annotations
@@ -124,24 +130,29 @@ def fingerprint(name: str) -> Dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def recorded() -> Dict[str, Any]:
-    return json.loads(FINGERPRINTS.read_text())
+    return json.loads(FINGERPRINTS.read_text())["machines"]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_segmenter_is_bit_identical_to_the_recorded_one(name, recorded):
-    ref, now = recorded["configs"][name], fingerprint(name)
-    assert (now["n_keys"], now["keys_sha256"]) == (ref["n_keys"], ref["keys_sha256"])
+    now = fingerprint(name)
+    any_ref = next(iter(recorded.values()))[name]
+    assert (now["n_keys"], now["keys_sha256"]) == (any_ref["n_keys"], any_ref["keys_sha256"])
+    assert now["shape"] == any_ref["shape"]
+    if _machine() not in recorded:
+        pytest.skip(f"no fingerprint recorded for {_machine()} (recorded: {sorted(recorded)}): "
+                    "keys and shapes checked, values not comparable across CPU kinds")
+    ref = recorded[_machine()][name]
     assert now["module_sha256"] == ref["module_sha256"]
     assert now["state_sha256"] == ref["state_sha256"]
-    assert now["shape"] == ref["shape"]
-    if recorded["machine"] == _machine():
-        assert now["eval_sha256"] == ref["eval_sha256"]
-        assert now["train_sha256"] == ref["train_sha256"]
+    assert now["eval_sha256"] == ref["eval_sha256"]
+    assert now["train_sha256"] == ref["train_sha256"]
     for kind in ("eval_sample", "train_sample"):
         torch.testing.assert_close(torch.tensor(now[kind]), torch.tensor(ref[kind]), rtol=1e-5, atol=1e-6)
 
 
 if __name__ == "__main__":
-    out = {"machine": _machine(), "configs": {name: fingerprint(name) for name in CONFIGS}}
-    FINGERPRINTS.write_text(json.dumps(out, indent=1) + "\n")
+    data = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.exists() else {"machines": {}}
+    data.setdefault("machines", {})[_machine()] = {name: fingerprint(name) for name in CONFIGS}
+    FINGERPRINTS.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {FINGERPRINTS} ({len(CONFIGS)} configs, {_machine()})")
