@@ -1,7 +1,7 @@
 """``dla-repro``: run the notebook pipeline, list its parameters, open the MLflow UI, benchmark, report.
 
     dla-repro list [--profile P]
-    dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going]
+    dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going] [--resume]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
     dla-repro bench {models,synthetic,kernels} [--op NAME ...] [...]
     dla-repro report [--profile P]
@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -39,14 +41,45 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from . import recovery
+
     pipe = pipeline.load_pipeline(args.pipeline)
-    jobs = pipeline.plan(args.names, args.profile, args.param, args.data_root, pipeline=pipe)
-    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.tracking_uri()}")
-    results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)
-    failed = [r for r in results if not r.ok]
+    jobs = pipeline.plan(args.names, args.profile, args.param, args.data_root, pipeline=pipe, resume=args.resume)
+    for job in jobs:
+        for warning in job.warnings:
+            print(f"dla-repro: warning: {warning}", file=sys.stderr)
+    problem = recovery.preflight()
+    if problem is not None:
+        print(f"dla-repro: error: {problem}; nothing was run (start the server, or unset MLFLOW_TRACKING_URI "
+              f"to use the repository's store)", file=sys.stderr)
+        return 2
+    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.tracking_uri()}"
+          + (" (resuming)" if args.resume else ""))
+    with _sigterm_as_interrupt():
+        results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)
+    failed = [r for r in results if r.status == pipeline.FAILED]
+    interrupted = [r for r in results if r.status == pipeline.INTERRUPTED]
     not_run = len(jobs) - len(results)
+    if interrupted:
+        names = " ".join(r.name for r in interrupted)
+        print(f"dla-repro: interrupted during {names}: its runs are marked KILLED, results/ is unchanged; "
+              f"continue with: dla-repro run {names} --profile {args.profile} --resume")
+        return 130
     print(f"dla-repro: {len(results) - len(failed)} ok, {len(failed)} failed, {not_run} not run")
     return 1 if failed or not_run else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a scheduler's timeout) ends a run like Ctrl-C: recorded, runs closed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -156,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="root folder of a real dataset (passed as data_root)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel")
     p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest interrupted execution of each notebook (same parameters) "
+                        "from its checkpoints, in the same MLflow runs")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")
@@ -186,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our lines in order with MLflow's and the kernels' even when piped to a file.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not MLflow's INFO lines on a new store
     try:
         return args.func(args)
     except pipeline.PipelineError as exc:

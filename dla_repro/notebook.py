@@ -24,8 +24,10 @@ from . import tracking
 
 __all__ = ["parameters", "start", "train_config", "show"]
 
-#: Set by the pipeline, recorded as the run's tag rather than as a parameter.
-NOT_LOGGED = ("profile",)
+#: Not logged as MLflow parameters: ``profile`` is set by the pipeline and recorded
+#: as the run's tag; ``resume`` says how the run was executed, not what it computes
+#: (a resumed execution logs into the run it continues, whose params say ``False``).
+NOT_LOGGED = ("profile", "resume")
 
 
 def parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,9 +44,15 @@ def parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def start(experiment: str, params: Mapping[str, Any]):
-    """Start the notebook's MLflow run, logging ``params`` (but ``profile``, which is a tag)."""
+    """Start the notebook's MLflow run, logging ``params`` (but ``profile``, which is a tag).
+
+    With ``resume=True`` among the parameters (``dla-repro run --resume`` sets it)
+    an interrupted execution with the same parameters is continued: its run is
+    reopened and each training goes on from its last checkpoint.
+    """
     logged = {k: v for k, v in params.items() if k not in NOT_LOGGED}
-    return tracking.start_notebook_run(experiment, params=logged, profile=params.get("profile"))
+    return tracking.start_notebook_run(experiment, params=logged, profile=params.get("profile"),
+                                       resume=bool(params.get("resume", False)))
 
 
 def train_config(params: Mapping[str, Any], **overrides: Any):

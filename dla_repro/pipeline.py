@@ -14,17 +14,28 @@ Each execution gets an MLflow run created here, whose id reaches the notebook's
 kernel through ``DLA_REPRO_PARENT_RUN_ID`` (see ``tracking.start_notebook_run``);
 after papermill finishes, the executed notebook is logged to that same run and
 the run's status set. Executed notebooks go to ``results/notebooks/<profile>/``
-and a manifest of the whole run to ``results/manifest_<profile>.json``.
+and one entry per notebook to ``results/manifest_<profile>.json``.
+
+Executions are independent of each other (see ``execution`` and ``recovery``):
+each has its own checkpoint folder (``checkpoints/<experiment>/<run id>/``) and
+its own staging folder for results, promoted to ``results/`` only on success, so
+any number can run at once on one clone. Ctrl-C (or SIGTERM) ends the command with
+one line and marks the execution's open runs KILLED; runs left RUNNING by a killed
+process are closed by the next ``dla-repro run``; ``--resume`` continues the latest
+interrupted execution of a notebook with the same parameters, in the same runs.
 """
 
 from __future__ import annotations
 
 import ast
-import json
+import contextlib
 import logging
 import os
+import re
+import shutil
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,10 +45,11 @@ from typing import Any
 import yaml
 
 from . import tracking
+from .execution import Console, ProgressTail, folder_size, output_to_log, promote, staging_dir, update_manifest
 from .paths import notebooks_dir, results_dir
 
 PROFILES = ("smoke", "quick", "paper")
-RESERVED = {"profile", "data_root"}  # filled in by the pipeline itself
+RESERVED = {"profile", "data_root", "resume"}  # filled in by the pipeline itself (--profile, --data-root, --resume)
 
 
 class PipelineError(Exception):
@@ -190,6 +202,7 @@ def resolve_parameters(
     overrides: Mapping[str, str] | None = None,
     data_root: str | None = None,
     declared: Mapping[str, Parameter] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Typed, validated parameters for one notebook (see the module docstring for precedence)."""
     if profile not in PROFILES:
@@ -214,6 +227,8 @@ def resolve_parameters(
         values["profile"] = profile
     if data_root is not None and "data_root" in declared:
         values["data_root"] = str(data_root)
+    if resume and "resume" in declared:
+        values["resume"] = True
     return {k: coerce(declared[k], v, spec.name) for k, v in values.items()}
 
 
@@ -263,16 +278,30 @@ class Job:
     experiment: str
     profile: str
     parameters: dict[str, Any]
+    resume: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
 
 
 @dataclass
 class JobResult:
     name: str
-    ok: bool
+    status: str  # ok | failed | interrupted
     seconds: float
     run_id: str
-    output: str
+    output: str  # the executed notebook: under results/ when ok, else beside the log
     error: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    log: str = ""
+    resumed: bool = False
+    kept_checkpoints: int = 0  # bytes left for --resume (failed / interrupted executions)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
 
 
 def plan(
@@ -281,8 +310,13 @@ def plan(
     overrides: Sequence[str] = (),
     data_root: str | None = None,
     pipeline: Pipeline | None = None,
+    resume: bool = False,
 ) -> list[Job]:
-    """Resolve and validate every selected notebook's parameters; execute nothing."""
+    """Resolve and validate every selected notebook's parameters; execute nothing.
+
+    A ``data_root`` given to a notebook that reads synthetic data is reported in
+    the job's ``warnings`` (it would be silently ignored).
+    """
     pipeline = pipeline or load_pipeline()
     if profile not in PROFILES:
         raise PipelineError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
@@ -293,139 +327,346 @@ def plan(
     routed = split_overrides(parse_overrides(overrides), declared)
     jobs = []
     for spec in specs:
-        params = resolve_parameters(pipeline, spec, profile, routed[spec.name], data_root, declared[spec.name])
+        params = resolve_parameters(pipeline, spec, profile, routed[spec.name], data_root, declared[spec.name],
+                                    resume=resume)
         output = results_dir() / "notebooks" / profile / f"{spec.path.stem}.ipynb"
-        jobs.append(Job(spec.name, str(spec.path), str(output), spec.experiment, profile, params))
+        warnings = []
+        if data_root is not None:
+            dataset = params.get("dataset", declared[spec.name].get("dataset", Parameter("", "", None, "")).default)
+            if "data_root" not in declared[spec.name]:
+                warnings.append(f"{spec.name} reads no dataset from disk: --data-root is not used")
+            elif isinstance(dataset, str) and dataset.startswith("synthetic"):
+                warnings.append(f"{spec.name} uses dataset={dataset!r}: --data-root {data_root} is ignored "
+                                f"(choose a real dataset with -p {spec.name}.dataset=NAME)")
+        jobs.append(Job(spec.name, str(spec.path), str(output), spec.experiment, profile, params, resume, warnings))
     return jobs
 
 
-def _execute(job: Job) -> JobResult:
-    """Run one notebook under papermill inside its pre-created MLflow run."""
-    import papermill
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _logged_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    from .notebook import NOT_LOGGED
+
+    return {k: v for k, v in params.items() if k not in NOT_LOGGED}
+
+
+def _open_run(job: Job, echo: Callable[[str], None]):
+    """The notebook run of this execution: the interrupted one to continue (``job.resume``) or a new one."""
     from mlflow.tracking import MlflowClient
 
-    logging.basicConfig(level=logging.INFO, format=f"[{job.name}] %(message)s", force=True)
+    from . import recovery
+
     client = MlflowClient(tracking.configure())
     exp_id = tracking.get_or_create_experiment(job.experiment)
-    run = client.create_run(exp_id, run_name=f"{job.name}-{job.profile}", tags={"kind": "notebook", "profile": job.profile, "pipeline": "dla-repro run"})
-    run_id = run.info.run_id
-    # The kernel inherits this process's environment: hand it its run, and none
-    # of the experiment/run ids MLflow may have exported for other work here.
-    stale = {var: os.environ.pop(var) for var in tracking.MLFLOW_PROCESS_VARS if var in os.environ}
-    os.environ[tracking.PARENT_RUN_ENV] = run_id
-    os.environ[tracking.PROFILE_ENV] = job.profile
-    Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    error = ""
+    previous = None
+    if job.resume:
+        previous = recovery.find_resumable(job.experiment, job.profile, _logged_parameters(job.parameters))
+        if previous is None:
+            echo(f"    {job.name}: no interrupted execution with these parameters to resume; starting a new one")
+    if previous is not None:
+        run_id = previous.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        echo(f"    {job.name}: resuming run {run_id} (status was {previous.info.status})")
+    else:
+        run_id = client.create_run(exp_id, run_name=f"{job.name}-{job.profile}", tags={
+            "kind": "notebook", "profile": job.profile, "pipeline": "dla-repro run",
+            "notebook": os.path.relpath(job.notebook, notebooks_dir())}).info.run_id
+    for key, value in tracking.owner_tags(run_id).items():
+        client.set_tag(run_id, key, value)
+    return client, exp_id, run_id, previous is not None
+
+
+def _kernel_env(job: Job, run_id: str, staging: Path, progress_file: Path) -> dict[str, str]:
+    """What the notebook's kernel is told through its environment."""
+    from .engine.progress import PROGRESS_ENV
+    from .paths import WORKDIR_ENV, execution_dir
+
+    return {
+        tracking.PARENT_RUN_ENV: run_id,
+        tracking.PROFILE_ENV: job.profile,
+        WORKDIR_ENV: str(execution_dir(job.experiment, run_id)),
+        "DLA_REPRO_RESULTS": str(staging),  # outputs land in results/ only if the execution succeeds
+        PROGRESS_ENV: str(progress_file),
+    }
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    # The kernel inherits this process's environment: hand it its run, and none of
+    # the experiment/run ids MLflow may have exported for other work here.
+    saved = {var: os.environ.get(var) for var in (*values, *tracking.MLFLOW_PROCESS_VARS)}
+    for var in tracking.MLFLOW_PROCESS_VARS:
+        os.environ.pop(var, None)
+    os.environ.update(values)
     try:
-        papermill.execute_notebook(
-            job.notebook,
-            job.output,
-            parameters=job.parameters,
-            cwd=str(Path(job.notebook).parent),
-            kernel_name="python3",
-            log_output=True,
-            progress_bar=False,
-            request_save_on_cell_execute=True,
-        )
-    except papermill.PapermillExecutionError as exc:
-        error = f"cell #{exc.cell_index}{_cell_excerpt(job.output, exc.cell_index)}: {exc.ename}: {exc.evalue}"
-    except Exception as exc:  # kernel died, notebook unreadable, ...
-        error = f"{type(exc).__name__}: {exc}"
+        yield
     finally:
-        os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        os.environ.update(stale)
-    seconds = time.monotonic() - start
-    if Path(job.output).exists():
-        tracking.log_notebook(run_id, job.output)
-    client.log_metric(run_id, "notebook_seconds", seconds)
-    if error:
-        client.set_tag(run_id, "failure", error[:5000])
-    client.set_terminated(run_id, status="FAILED" if error else "FINISHED")
-    return JobResult(job.name, not error, seconds, run_id, job.output, error)
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
-def _cell_excerpt(notebook: str, index: int) -> str:
-    """`` `last line of the failing cell` `` from the executed notebook, to point at the failure."""
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C ignored while an interrupted execution records what happened (a second Ctrl-C
+    would otherwise leave runs open and the manifest unwritten)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        import nbformat
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
-        for cell in nbformat.read(notebook, as_version=4).cells:
-            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-                lines = cell.source.strip().splitlines()
-                return f" `{lines[-1][:80]}`" if lines else ""
-    except Exception:  # the excerpt is a convenience; never mask the real error
-        pass
+
+def _execute(job: Job, echo: Callable[[str], None] | None = None) -> JobResult:
+    """Run one notebook under papermill inside its MLflow run; never raises for a notebook's failure.
+
+    The kernel writes into a staging folder (promoted to ``results/`` on success),
+    keeps checkpoints in the execution's own folder (removed on success, kept for
+    ``--resume`` otherwise), and its console output goes to ``logs/<profile>/``;
+    the terminal gets one progress line per epoch. Ctrl-C ends the execution as
+    ``interrupted``: its runs are marked KILLED.
+    """
+    import papermill
+
+    from . import recovery
+    from .paths import execution_dir, logs_dir
+
+    echo = echo or Console()
+    started_at, start = _now(), time.monotonic()
+    client, exp_id, run_id, resumed = _open_run(job, echo)
+    key = f"{job.name}-{run_id[:8]}-{os.getpid()}"
+    staging = staging_dir(key)
+    staged_output = staging / Path(job.output).relative_to(results_dir())
+    staged_output.parent.mkdir(parents=True, exist_ok=True)
+    log = logs_dir() / job.profile / f"{job.name}-{run_id[:8]}.log"
+    progress_file = log.with_suffix(".progress")
+    status, error = OK, ""
+    with _environment(_kernel_env(job, run_id, staging, progress_file)), \
+            ProgressTail(progress_file, echo, prefix=f"    [{job.name}] "):
+        try:
+            with output_to_log(log):
+                logging.basicConfig(level=logging.INFO, format=f"[{job.name}] %(message)s", force=True)
+                papermill.execute_notebook(
+                    job.notebook, str(staged_output), parameters=job.parameters,
+                    cwd=str(Path(job.notebook).parent), kernel_name="python3",
+                    log_output=True, progress_bar=False, request_save_on_cell_execute=True,
+                )
+        except papermill.PapermillExecutionError as exc:
+            status, error = FAILED, f"cell #{exc.cell_index}{failing_line(exc)}: {exc.ename}: {exc.evalue}"
+        except KeyboardInterrupt:
+            status, error = INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"
+        except Exception as exc:  # kernel died, notebook unreadable, ...
+            status, error = FAILED, f"{type(exc).__name__}: {exc}"
+            if _kernel_died(exc):
+                error += (" -- the notebook's kernel died; running out of memory is the likely cause "
+                          "(lower batch_size / image_size, run fewer --jobs, check `dmesg`)")
+    with _interrupts_deferred():
+        seconds = time.monotonic() - start
+        if staged_output.exists():
+            tracking.log_notebook(run_id, staged_output)
+        client.log_metric(run_id, "notebook_seconds", seconds)
+        work = execution_dir(job.experiment, run_id)
+        kept = 0
+        if status == OK:
+            promote(staging)
+            output = job.output
+            if not os.environ.get("DLA_REPRO_KEEP_CHECKPOINTS"):
+                shutil.rmtree(work, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    work.parent.rmdir()  # the experiment's folder, if no other execution uses it
+        else:
+            # Keep the partial notebook beside the log; results/ keeps the last good outputs.
+            output = str(log.with_suffix(".ipynb"))
+            if staged_output.exists():
+                os.replace(staged_output, output)
+            shutil.rmtree(staging, ignore_errors=True)
+            run_status = "KILLED" if status == INTERRUPTED else "FAILED"
+            recovery.close_execution_runs(exp_id, run_id, run_status, f"execution {status}: {error}")
+            client.set_tag(run_id, "failure", error[:5000])
+            kept = folder_size(work)
+        client.set_terminated(run_id, status={OK: "FINISHED", FAILED: "FAILED", INTERRUPTED: "KILLED"}[status])
+        result = JobResult(job.name, status, seconds, run_id, output, error, started_at, _now(),
+                           _shown(log), resumed, kept)
+        record(job, result)
+    return result
+
+
+def _kernel_died(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "DeadKernelError" or "kernel died" in str(exc).lower()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def failing_line(exc: Any) -> str:
+    """`` line N `code` `` of the cell line that raised, from the error's IPython traceback ("" if not found).
+
+    IPython marks the executing line of each frame with an arrow (``----> 12 fit(...)``);
+    the first arrow is in the cell itself.
+    """
+    for text in getattr(exc, "traceback", None) or []:
+        for line in _ANSI.sub("", text).splitlines():
+            match = re.match(r"^\s*-+>\s*(\d+)\s(.*)$", line)
+            if match:
+                return f" line {match.group(1)} `{match.group(2).strip()[:100]}`"
     return ""
 
 
-def write_manifest(profile: str, jobs: Sequence[Job], results: Sequence[JobResult], wall: float) -> Path:
-    """Merge this run into ``results/manifest_<profile>.json`` (one entry per notebook)."""
-    path = results_dir() / f"manifest_{profile}.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"notebooks": {}}
+def _shown(path: Path | str) -> str:
+    """``path`` relative to the repository when under it (what a manifest in git may show)."""
+    from .paths import repo_root
+
+    try:
+        return str(Path(path).resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def record(job: Job, res: JobResult) -> Path:
+    """Write this execution into ``results/manifest_<profile>.json`` now (real per-notebook times).
+
+    A failed or interrupted execution does not replace the outputs in ``results/``:
+    its entry says so, and ``results_from`` names the execution they come from.
+    """
     git = tracking.git_state()
-    by_name = {r.name: r for r in results}
-    for job in jobs:
-        if job.name not in by_name:
-            continue
-        res = by_name[job.name]
-        manifest["notebooks"][job.name] = {
+
+    def change(manifest: dict) -> None:
+        previous = manifest["notebooks"].get(job.name, {})
+        entry = {
             "notebook": os.path.relpath(job.notebook, results_dir().parent),
-            "output": os.path.relpath(res.output, results_dir().parent),
+            "output": _shown(res.output),
             "parameters": job.parameters,
-            "status": "ok" if res.ok else "failed",
+            "status": res.status,
             "error": res.error,
             "wall_seconds": round(res.seconds, 1),
+            "started_at": res.started_at,
+            "finished_at": res.finished_at,
+            "resumed": res.resumed,
             "mlflow_run_id": res.run_id,
             "mlflow_experiment": job.experiment,
             "git_commit": git["git_commit"],
             "git_dirty": git["git_dirty"],
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "log": res.log,
         }
-    manifest.update(
-        profile=profile,
-        last_run={"wall_seconds": round(wall, 1), "notebooks": [j.name for j in jobs]},
-        hardware=tracking.hardware(),
-        environment=tracking.environment(),
-        tracking_uri=tracking.tracking_uri(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-    return path
+        if not res.ok and previous:
+            origin = previous.get("results_from") or (
+                {k: previous.get(k) for k in ("mlflow_run_id", "finished_at", "git_commit")}
+                if previous.get("status") == OK else None)
+            if origin:
+                entry["results_from"] = origin
+        manifest["notebooks"][job.name] = entry
+        manifest.update(profile=job.profile, hardware=tracking.hardware(), environment=tracking.environment(),
+                        tracking_uri=_shown_uri(tracking.tracking_uri()))
+
+    return update_manifest(job.profile, change)
 
 
-def run(jobs: Sequence[Job], n_jobs: int = 1, keep_going: bool = False, echo=print) -> list[JobResult]:
-    """Execute planned jobs; stop at the first failure unless ``keep_going``."""
+def _shown_uri(uri: str) -> str:
+    db = tracking._sqlite_path(uri)
+    return f"sqlite:///{_shown(db)}" if db is not None else uri
+
+
+def write_manifest(profile: str, jobs: Sequence[Job], results: Sequence[JobResult], wall: float) -> Path:
+    """Record the pipeline run itself (each notebook's entry was written when it ended)."""
+    def change(manifest: dict) -> None:
+        manifest.update(profile=profile, last_run={
+            "wall_seconds": round(wall, 1), "notebooks": [j.name for j in jobs],
+            "status": {r.name: r.status for r in results},
+            "not_run": [j.name for j in jobs if j.name not in {r.name for r in results}],
+        })
+
+    return update_manifest(profile, change)
+
+
+def close_stale(jobs: Sequence[Job], echo: Callable[[str], None]) -> None:
+    """Close runs of these notebooks' experiments left RUNNING by processes that are gone."""
+    from mlflow.tracking import MlflowClient
+
+    from . import recovery
+
+    client = MlflowClient(tracking.configure())
+    ids = [e.experiment_id for e in (client.get_experiment_by_name(j.experiment) for j in jobs) if e is not None]
+    closed = recovery.close_stale_runs(dict.fromkeys(ids))
+    if closed:
+        echo(f"dla-repro: marked {len(closed)} run(s) KILLED that a killed process had left RUNNING")
+
+
+def _worker(job: Job) -> JobResult:
+    """``_execute`` in a pool worker: a Ctrl-C reaches the worker too and ends its job as interrupted."""
+    return _execute(job, Console())
+
+
+def run(jobs: Sequence[Job], n_jobs: int = 1, keep_going: bool = False,
+        echo: Callable[[str], None] | None = None) -> list[JobResult]:
+    """Execute planned jobs; stop at the first failure unless ``keep_going``; stop at an interrupt.
+
+    Each notebook's manifest entry is written when it ends; the pipeline's own line
+    reports each one. Returns the results of the jobs that ran.
+    """
+    echo = echo or Console()
     results: list[JobResult] = []
     total = len(jobs)
     t0 = time.monotonic()
+    if jobs:
+        close_stale(jobs, echo)
 
     def report(i: int, res: JobResult) -> None:
-        status = "ok" if res.ok else "FAILED"
-        echo(f"[{i}/{total}] {res.name}: {status} in {res.seconds:.1f} s -> {res.output}")
-        if not res.ok:
+        label = {OK: "ok", FAILED: "FAILED", INTERRUPTED: "INTERRUPTED"}[res.status]
+        where = res.output if res.ok else f"partial notebook {res.output}, log {res.log}"
+        echo(f"[{i}/{total}] {res.name}: {label} in {res.seconds:.1f} s -> {where}")
+        if res.status == FAILED:
             echo(f"    notebook {res.name} failed in {res.error}")
+        if not res.ok and res.kept_checkpoints:
+            echo(f"    checkpoints kept for --resume: {res.kept_checkpoints / 1e6:.1f} MB")
 
-    if n_jobs <= 1:
-        for i, job in enumerate(jobs, 1):
-            echo(f"[{i}/{total}] {job.name}: running {Path(job.notebook).name} ({job.profile})")
-            res = _execute(job)
-            results.append(res)
-            report(i, res)
-            if not res.ok and not keep_going:
-                skipped = [j.name for j in jobs[i:]]
-                if skipped:
-                    echo(f"stopping: {skipped} not run (use --keep-going to run them anyway)")
-                break
-    else:
-        import multiprocessing
+    def stop_after(i: int, res: JobResult) -> bool:
+        rest = [j.name for j in jobs[i:]]
+        if res.status == INTERRUPTED:
+            if rest:
+                echo(f"stopping: {rest} not run")
+            return True
+        if not res.ok and not keep_going:
+            if rest:
+                echo(f"stopping: {rest} not run (use --keep-going to run them anyway)")
+            return True
+        return False
 
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_execute, job): job for job in jobs}
-            for job in jobs:
-                echo(f"[queued] {job.name}: {Path(job.notebook).name} ({job.profile})")
-            done = 0
+    try:
+        if n_jobs <= 1:
+            for i, job in enumerate(jobs, 1):
+                echo(f"[{i}/{total}] {job.name}: running {Path(job.notebook).name} ({job.profile})")
+                res = _execute(job, echo)
+                results.append(res)
+                report(i, res)
+                if stop_after(i, res):
+                    break
+        else:
+            _run_parallel(jobs, n_jobs, keep_going, echo, results, report)
+    finally:
+        write_manifest(jobs[0].profile if jobs else "quick", jobs, results, time.monotonic() - t0)
+    return results
+
+
+def _run_parallel(jobs, n_jobs, keep_going, echo, results, report) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(_worker, job): job for job in jobs}
+        for job in jobs:
+            echo(f"[queued] {job.name}: {Path(job.notebook).name} ({job.profile})")
+        done = 0
+        try:
             for fut in as_completed(futures):
                 if fut.cancelled():
                     continue
@@ -433,9 +674,18 @@ def run(jobs: Sequence[Job], n_jobs: int = 1, keep_going: bool = False, echo=pri
                 done += 1
                 results.append(res)
                 report(done, res)
-                if not res.ok and not keep_going:
+                if res.status == INTERRUPTED or (not res.ok and not keep_going):
                     cancelled = [futures[f].name for f in futures if f.cancel()]
                     if cancelled:
-                        echo(f"stopping: {cancelled} not run (use --keep-going to run them anyway)")
-    write_manifest(jobs[0].profile if jobs else "quick", jobs, results, time.monotonic() - t0)
-    return results
+                        echo(f"stopping: {cancelled} not run")
+        except KeyboardInterrupt:
+            # The workers got the same Ctrl-C: let them record their executions as interrupted.
+            with _interrupts_deferred():
+                for f in futures:
+                    f.cancel()
+                for f, job in futures.items():
+                    if not f.cancelled():
+                        with contextlib.suppress(Exception):
+                            res = f.result()
+                            results.append(res)
+                            report(len(results), res)

@@ -247,22 +247,51 @@ def provenance_tags() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------- runs
+def root_run_id() -> str | None:
+    """The notebook run of this execution: the pipeline's (``DLA_REPRO_PARENT_RUN_ID``) or the
+    one ``start_notebook_run`` opened in this kernel; None outside a notebook execution."""
+    return os.environ.get(PARENT_RUN_ENV) or _state.get("notebook_run")
+
+
+def owner_tags(root: str | None = None) -> dict[str, str]:
+    """Who holds a run open (machine, process) and which execution it belongs to (see ``recovery``)."""
+    import socket
+
+    from .recovery import HOST_TAG, PROCESS_TAG, ROOT_TAG, process_token
+
+    tags = {HOST_TAG: socket.gethostname(), PROCESS_TAG: process_token()}
+    root = root or root_run_id()
+    if root:
+        tags[ROOT_TAG] = root
+    return tags
+
+
 def current_profile() -> str:
     return _state["profile"] or os.environ.get(PROFILE_ENV, "quick")
 
 
 def start_notebook_run(
-    experiment: str, params: Mapping[str, Any], profile: str, run_name: str | None = None
+    experiment: str, params: Mapping[str, Any], profile: str, run_name: str | None = None,
+    resume: bool = False,
 ):
     """Open the run of one notebook execution and return it (``mlflow.ActiveRun``).
 
     Under ``dla-repro run`` the pipeline has already created the run and exported its
     id in ``DLA_REPRO_PARENT_RUN_ID``: the notebook logs into that run, so the
     executed notebook the pipeline logs afterwards sits beside the figures.
-    Run in JupyterLab, a fresh run is created. Any run left active in this kernel
-    (a re-executed cell) is closed first. End it with ``end_notebook_run()``.
+    Run in JupyterLab, a fresh run is created -- or, with ``resume=True``, the latest
+    unfinished run of this notebook with the same profile and ``params`` is reopened
+    (``recovery.find_resumable``), so its trainings continue from their checkpoints.
+    Any run left active in this kernel (a re-executed cell) is closed first. End it
+    with ``end_notebook_run()``.
+
+    Trainings started afterwards keep their checkpoints in the execution's own
+    folder (``paths.execution_dir(experiment, run_id)``, exported as
+    ``DLA_REPRO_WORKDIR`` unless the pipeline already chose it).
     """
     import mlflow
+
+    from .paths import WORKDIR_ENV, execution_dir
 
     _state["profile"] = profile
     exp_id = get_or_create_experiment(experiment)
@@ -272,7 +301,20 @@ def start_notebook_run(
     if parent:
         run = mlflow.start_run(run_id=parent)
     else:
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"{experiment}-{profile}")
+        previous = None
+        if resume:
+            from .recovery import find_resumable
+
+            previous = find_resumable(experiment, profile, params)
+        if previous is not None:
+            run = mlflow.start_run(run_id=previous.info.run_id)
+        else:
+            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"{experiment}-{profile}")
+        _state["notebook_run"] = run.info.run_id
+        os.environ[WORKDIR_ENV] = str(execution_dir(experiment, run.info.run_id))
+        mlflow.set_tags(owner_tags(run.info.run_id))
+    if parent and WORKDIR_ENV not in os.environ:
+        os.environ[WORKDIR_ENV] = str(execution_dir(experiment, parent))
     _log_params_once(params)
     mlflow.set_tags({**provenance_tags(), "profile": profile, "kind": "notebook"})
     return run
@@ -281,8 +323,12 @@ def start_notebook_run(
 def end_notebook_run(status: str = "FINISHED") -> None:
     import mlflow
 
+    from .paths import WORKDIR_ENV
+
     while mlflow.active_run() is not None:
         mlflow.end_run(status=status)
+    if _state.pop("notebook_run", None) is not None and not os.environ.get(PARENT_RUN_ENV):
+        os.environ.pop(WORKDIR_ENV, None)
 
 
 def _log_params_once(params: Mapping[str, Any]) -> None:
@@ -335,6 +381,7 @@ def child_run(
     run_id: str | None = None,
     experiment: str | None = None,
     tags: Mapping[str, str] | None = None,
+    find_existing: bool = False,
 ) -> Iterator[Any]:
     """A run for one trained configuration (or a sweep), nested under its parent run.
 
@@ -342,13 +389,17 @@ def child_run(
     the pipeline's notebook run named by ``DLA_REPRO_PARENT_RUN_ID``; the new run
     is created in the **parent's experiment**, never MLflow's ``Default``.  With
     no parent the run is top-level in ``experiment`` (default: ``"scratch"``).
-    ``run_id`` reopens an existing run (resume after a crash). An exception
-    inside the block marks the run FAILED and propagates.
+    ``run_id`` reopens an existing run (resume after a crash); ``find_existing``
+    reopens the parent's child of the same name and kind if there is one. An
+    exception inside the block marks the run FAILED (``KILLED`` for Ctrl-C) and
+    propagates. Every run carries ``owner_tags`` (machine, process, execution).
     """
     import mlflow
 
     configure()
     nested = mlflow.active_run() is not None
+    if run_id is None and find_existing:
+        run_id = find_child_run(run_name, (tags or {}).get("kind"))
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id, nested=nested)
     else:
@@ -362,7 +413,7 @@ def child_run(
     try:
         if params:
             _log_params_once(params)
-        mlflow.set_tags({**provenance_tags(), "profile": current_profile(), **(tags or {})})
+        mlflow.set_tags({**provenance_tags(), **owner_tags(), "profile": current_profile(), **(tags or {})})
         yield run
     except BaseException as exc:
         with contextlib.suppress(Exception):
@@ -373,9 +424,37 @@ def child_run(
         mlflow.end_run(status="FINISHED")
 
 
-def sweep_run(name: str, params: Mapping[str, Any] | None = None):
-    """A parent run grouping several trained configurations (``with sweep_run(..): fit(..)``)."""
-    return child_run(name, params, tags={"kind": "sweep"})
+def sweep_run(name: str, params: Mapping[str, Any] | None = None, resume: bool = False):
+    """A parent run grouping several trained configurations (``with sweep_run(..): fit(..)``).
+
+    ``resume=True`` reopens the sweep run of the same name under the same parent
+    (the interrupted execution's), so resumed trainings stay beneath it.
+    """
+    return child_run(name, params, tags={"kind": "sweep"}, find_existing=resume)
+
+
+def find_child_run(run_name: str, kind: str | None, unfinished: bool = False) -> str | None:
+    """The id of the latest run named ``run_name`` (of tag ``kind``; not FINISHED if ``unfinished``)
+    nested under the current parent, or None."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    parent = parent_run()
+    if parent is None:
+        return None
+    parent_id, exp_id = parent
+    name = run_name.replace("'", "\\'")
+    query = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.run_name = '{name}'"
+    if kind:
+        query += f" and tags.kind = '{kind}'"
+    if unfinished:
+        query += " and attributes.status != 'FINISHED'"
+    try:
+        runs = MlflowClient(configure()).search_runs([exp_id], filter_string=query,
+                                                     order_by=["attributes.start_time DESC"], max_results=1)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return runs[0].info.run_id if runs else None
 
 
 # -------------------------------------------------------------------- artifacts

@@ -24,8 +24,9 @@ from dla_repro.paths import repo_root
 
 # What the suite must never create in the repository (the store, its artifacts,
 # MLflow's fallback artifact folder for Default, training state).
-REPO_STATE = ("mlflow.db", "mlruns", "mlartifacts", "checkpoints")
-SESSION_ENV = ("MLFLOW_TRACKING_URI", "DLA_REPRO_ARTIFACTS", "DLA_REPRO_RESULTS", "DLA_REPRO_CHECKPOINTS")
+REPO_STATE = ("mlflow.db", "mlruns", "mlartifacts", "checkpoints", "logs")
+SESSION_ENV = ("MLFLOW_TRACKING_URI", "DLA_REPRO_ARTIFACTS", "DLA_REPRO_RESULTS", "DLA_REPRO_CHECKPOINTS",
+               "DLA_REPRO_LOGS")
 _session: dict = {}
 
 
@@ -39,6 +40,7 @@ def pytest_configure(config):
         DLA_REPRO_ARTIFACTS=str(scratch / "artifacts"),
         DLA_REPRO_RESULTS=str(scratch / "results"),
         DLA_REPRO_CHECKPOINTS=str(scratch / "checkpoints"),
+        DLA_REPRO_LOGS=str(scratch / "logs"),
     )
 
 
@@ -87,6 +89,10 @@ def _reset_mlflow_state() -> None:
         mlflow.end_run()
     tracking.forget_active_experiment()
     tracking._state.update(profile=None, configured_uri=None)
+    tracking._state.pop("notebook_run", None)
+    # what start_notebook_run / the pipeline export for a notebook execution
+    for var in ("DLA_REPRO_WORKDIR", "DLA_REPRO_PROGRESS"):
+        os.environ.pop(var, None)
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +104,7 @@ def _isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DLA_REPRO_ARTIFACTS", str(store / "artifacts"))
     monkeypatch.setenv("DLA_REPRO_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("DLA_REPRO_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("DLA_REPRO_LOGS", str(tmp_path / "logs"))
     monkeypatch.delenv("DLA_REPRO_PARENT_RUN_ID", raising=False)
     _reset_mlflow_state()
     # MLflow's sqlite migrations log at INFO on every new store; keep output readable.

@@ -148,7 +148,8 @@ def test_failure_names_notebook_and_cell_and_keep_going_continues(pipe_file, cap
     out = capsys.readouterr().out
     assert code == 1
     # cell #4 of the executed notebook: markdown, parameters, injected parameters, `x = 1`, then this one
-    assert "notebook bad failed in cell #4 `raise ValueError('synthetic failure')`: ValueError: synthetic failure" in out
+    # the line that raised, from the traceback (not merely the cell's last line)
+    assert "notebook bad failed in cell #4 line 1 `raise ValueError('synthetic failure')`: ValueError: synthetic failure" in out
     assert "['other'] not run" in out
 
     code = cli.main(["--pipeline", str(pipe_file), "run", "bad", "other", "--keep-going", "--jobs", "2"])

@@ -18,6 +18,11 @@ GENERATED = [
     "notebooks/dla/mlruns/0/abc/meta.yaml",
     # training state
     "checkpoints/dla_segmentation/fcn/seed0/last.pt", "checkpoints/x/seed0/.last.pt.123.tmp",
+    "checkpoints/dla_segmentation/0123abcd/dla_segmentation/fcn/seed0/.last.pt.4242-x1y2.tmp",
+    # per-execution staging, the results lock, console logs and partial notebooks of failed executions
+    "results/.work/staging/dla_segmentation-0123abcd-4242/figures/quick/x.png", "results/.work/lock",
+    "results/parsenet_extended/.work/lock", "logs/quick/dla_segmentation-0123abcd.log",
+    "logs/quick/dla_segmentation-0123abcd.progress", "logs/quick/dla_segmentation-0123abcd.ipynb",
     # smoke profile: pipeline, report, and a results folder chosen with DLA_REPRO_RESULTS
     "results/notebooks/smoke/00_data.ipynb", "results/figures/smoke/data_samples.png",
     "results/tables/smoke/dla_classification_runs.csv", "results/manifest_smoke.json",

@@ -16,14 +16,16 @@ Python values only, so ``torch.load(path, weights_only=True)`` opens it::
 
 A write goes to a temporary file in the same folder, is fsync'ed, then renamed
 over the target with ``os.replace``: a reader sees the old file or the new one,
-never half of one. A crash mid-write can only leave a ``*.tmp`` file behind, which
-``remove_stale_tmp`` clears at the next start.
+never half of one. A crash mid-write can only leave a ``*.tmp`` file behind; its
+name carries the writer's process id, and ``remove_stale_tmp`` clears only files
+whose writer is gone -- never another live process's save in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` ``obj`` to ``path`` atomically (tmp file + fsync + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -85,8 +87,34 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", training
     return obj
 
 
-def remove_stale_tmp(folder: str | os.PathLike) -> None:
-    """Delete temporary files left by a process killed in the middle of ``save_checkpoint``."""
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that is writing ``tmp`` (``.<name>.<pid>-<random>.tmp``) still runs."""
+    match = re.search(r"\.(\d+)-[^.]*\.tmp$", tmp.name)
+    if match is None:
+        return False  # a file of the older naming: its writer is long gone
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False  # ours, from a save this process abandoned
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by processes killed in the middle of ``save_checkpoint``.
+
+    A file whose writer is still running (another execution saving into the same
+    folder) is left alone. Returns the files removed.
+    """
+    removed = []
     for tmp in Path(folder).glob(".*.tmp"):
+        if _writer_alive(tmp):
+            continue
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+            removed.append(tmp)
+    return removed

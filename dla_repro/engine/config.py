@@ -54,9 +54,11 @@ from typing import Any
 SCHEDULES = ("step", "poly", "cosine", "constant")
 AMP_DTYPES = ("bfloat16", "float16")
 
-# Fields that change how a run is *watched*, not what it computes: not logged as
-# MLflow params and not compared on resume (resuming sets ``resume=True``).
-RUNTIME_ONLY = ("resume", "progress")
+# Fields that change how a run is *watched* or *where* its files go, not what it
+# computes: not logged as MLflow params and not compared on resume (resuming sets
+# ``resume=True``; the checkpoint folder is per execution and holds an absolute path,
+# which would make identical configurations from two clones look different).
+RUNTIME_ONLY = ("resume", "progress", "ckpt_dir")
 GROUP_KEYS = ("lr_scale", "weight_decay")
 
 
@@ -93,7 +95,7 @@ class TrainConfig:
     # evaluation and checkpoints
     monitor: str | None = None  # metric that picks best.pt; None: the task's default
     monitor_mode: str | None = None  # "max" or "min"; None: the task's default
-    ckpt_dir: str | None = None  # None: <checkpoints_dir()>/<run_name>
+    ckpt_dir: str | None = None  # None: <paths.work_dir()>/<run_name>
     resume: bool = False  # continue from <ckpt_dir>/last.pt if it exists
     # runtime
     seed: int = 0

@@ -54,10 +54,10 @@ from tqdm import tqdm
 
 from .. import tracking
 from ..outputs import main_output
-from ..paths import checkpoints_dir
-from . import distributed
+from ..paths import checkpoints_dir, work_dir
+from . import distributed, progress
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_tmp, save_checkpoint
-from .config import TrainConfig
+from .config import RUNTIME_ONLY, TrainConfig
 from .loaders import as_bundle, dataset_identity, make_loader, set_epoch
 from .optim import create_optimizer, create_scheduler, num_epochs
 from .seed import epoch_seed, get_rng_state, seed_everything, set_rng_state
@@ -115,7 +115,7 @@ def fit(
     dist = distributed.setup()
     device = resolve_device(cfg.device, dist)
     run_name = run_name or type(model).__name__
-    ckpt_dir = Path(cfg.ckpt_dir) if cfg.ckpt_dir else checkpoints_dir() / run_name
+    ckpt_dir = Path(cfg.ckpt_dir) if cfg.ckpt_dir else work_dir() / run_name
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     bundle = as_bundle(data)
 
@@ -152,7 +152,8 @@ def fit(
     if cfg.resume and last_path.exists():
         ckpt = load_checkpoint(last_path)  # on CPU: RNG states must stay there; load_state_dict moves the rest
         changed = sorted(
-            k for k in run_params.keys() | ckpt["params"].keys() if run_params.get(k) != ckpt["params"].get(k)
+            k for k in run_params.keys() | ckpt["params"].keys()
+            if k not in RUNTIME_ONLY and run_params.get(k) != ckpt["params"].get(k)
         )
         if changed:
             raise CheckpointError(
@@ -167,6 +168,10 @@ def fit(
             ema.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
         start, history, best, run_id = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["run_id"]
+    elif cfg.resume and dist.is_main:
+        # Killed before its first checkpoint: reopen the run it had started (nothing was logged yet)
+        # rather than leave an empty KILLED run beside a new one.
+        run_id = tracking.find_child_run(run_name, "fit", unfinished=True)
     net = distributed.wrap(model, dist, device)
 
     def checkpoint(epoch: int) -> dict[str, Any]:
@@ -188,10 +193,10 @@ def fit(
     # ---- train
     with _mlflow_run(dist, run_name, run_params, run_id, ckpt_dir) as run:
         if run is not None:
-            fresh = run_id != run.info.run_id
+            fresh = start == 0
             run_id = run.info.run_id
             mlflow.log_dict({**cfg.to_dict(), "device": str(device), "amp": amp, "monitor": monitor,
-                             "monitor_mode": mode, "ckpt_dir": str(ckpt_dir), "num_epochs": epochs,
+                             "monitor_mode": mode, "ckpt_dir": _shown_path(ckpt_dir), "num_epochs": epochs,
                              "updates_per_epoch": updates_per_epoch}, "config.json")
             identity = dataset_identity(bundle)
             if fresh and identity is not None:
@@ -247,6 +252,10 @@ def fit(
                 save_checkpoint(state, last_path)
             if run is not None:
                 mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            if dist.is_main:
+                progress.report(progress.format_epoch(
+                    run_name, epoch, epochs, record, [r["epoch_time_s"] for r in history[start:]],
+                    keys=list(dict.fromkeys(["train_loss", monitor]))))
 
         weights = ckpt_dir / "final.pt"
         if dist.is_main:
@@ -387,8 +396,16 @@ def _mlflow_run(dist, run_name, params, run_id, ckpt_dir):
     tracking.configure()
     if run_id is not None and not _run_exists(run_id):
         run_id = None  # checkpoint from another store: log its history into a new run
-    with tracking.child_run(run_name, params, run_id=run_id, tags={"kind": "fit", "ckpt_dir": str(ckpt_dir)}) as run:
+    with tracking.child_run(run_name, params, run_id=run_id, tags={"kind": "fit", "ckpt_dir": _shown_path(ckpt_dir)}) as run:
         yield run
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the checkpoints folder when under it (no clone's absolute path in a run)."""
+    try:
+        return str(Path(path).resolve().relative_to(checkpoints_dir()))
+    except ValueError:
+        return str(path)
 
 
 def _run_exists(run_id: str) -> bool:

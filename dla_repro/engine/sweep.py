@@ -13,9 +13,11 @@
 
 Each (trial, seed) is ``seed_everything(seed)`` → ``trial.build()`` → ``fit`` →
 ``evaluate(model, fit_result)``, so a seed fixes init, data order and
-augmentation. Checkpoints go to ``<checkpoints_dir()>/<sweep>/<trial>/seed<k>``;
-with ``config.resume`` a rerun after a crash skips nothing it already logged and
-continues the unfinished run. Knows nothing of any paper: the notebooks say what
+augmentation. Checkpoints go to ``<paths.work_dir()>/<sweep>/<trial>/seed<k>``
+(under a notebook execution, that execution's own folder). With ``config.resume``
+a rerun after a crash reopens the same sweep run, reuses every training that
+finished (not retrained), continues the unfinished one from its last checkpoint
+in its own MLflow run, and logs nothing twice. Knows nothing of any paper: the notebooks say what
 is swept and measured.
 """
 
@@ -34,7 +36,8 @@ import pandas as pd
 import torch
 
 from .. import tracking
-from ..paths import checkpoints_dir
+from ..paths import work_dir
+from . import progress
 from .config import TrainConfig
 from .loop import FitResult, fit
 from .seed import seed_everything
@@ -162,13 +165,16 @@ def sweep(
     evaluate = evaluate or extra
     rows, histories, fits, artifacts = [], [], {}, {}
     shared = {"sweep": name, "seeds": list(seeds), "trials": names, **config.params(), **(params or {})}
-    with tracking.sweep_run(name, shared) as parent:
+    total, done = len(trials) * len(seeds), 0
+    with tracking.sweep_run(name, shared, resume=config.resume) as parent:
         for trial in trials:
             for seed in seeds:
+                done += 1
+                progress.report(f"{name}: training {done}/{total} ({trial.name} seed={seed})")
                 cfg = dataclasses.replace(
                     config,
                     **{**trial.config, "seed": seed},
-                    ckpt_dir=str(checkpoints_dir() / _slug(name) / _slug(trial.name) / f"seed{seed}"),
+                    ckpt_dir=str(work_dir() / _slug(name) / _slug(trial.name) / f"seed{seed}"),
                 )
                 seed_everything(seed)
                 model = trial.build()
