@@ -109,7 +109,8 @@ NO_SPREAD = "no spread in either group: no test"
 
 RULE = ("Δ (A−B) with its 95 % confidence interval; p: one-sided t-test of the claimed direction (Welch, or paired "
         "by seed), TOST for ≈ claims, Holm-adjusted within a family of claims; *reproduced* when p < 0.05 and Δ "
-        "reaches the claim's smallest effect of interest; *not reproduced* when the difference is significantly "
+        "reaches the claim's smallest effect of interest (a one-sided 5 % test: with p between 0.025 and 0.05 the "
+        "95 % interval still reaches past 0); *not reproduced* when the difference is significantly "
         "the other way or the data exclude that smallest effect (≈: |Δ| significantly beyond the margin); MDE: "
         "the smallest effect this number of seeds detects with 80 % power. One seed, or a side that did not "
         "learn: no verdict.")
