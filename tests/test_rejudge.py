@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from dla_repro.analysis.report import collect_claims
 from dla_repro.experiments import study
 from dla_repro.experiments.parsenet import global_context as pn
 from dla_repro.experiments.rejudge import rejudge, rejudge_table
-from dla_repro.paths import results_dir
+from dla_repro.paths import repo_root, results_dir
 
 OLD_COLUMNS = ["claim", "metric", "a", "b", "mean_a", "mean_b", "delta", "se", "n_a", "n_b", "expect", "verdict",
                "note", "values_a", "values_b"]
@@ -62,3 +63,16 @@ def test_rejudge_table_keeps_extra_columns_and_refuses_claims_it_cannot_find():
     with pytest.raises(ValueError, match="compares"):
         rejudge_table(old.assign(b="someone else"), pn.claims(0.02))
 
+
+def test_the_committed_quick_tables_are_what_the_current_rule_says():
+    """The committed claims tables agree with a re-judgement of their own per-seed values."""
+    results = repo_root() / "results"
+    if not (results / "tables" / "quick").is_dir():
+        pytest.skip("no committed quick results")
+    for name, (old, new) in rejudge(results, "quick", write=False).items():
+        if new is None:
+            continue
+        assert list(old["verdict"]) == list(new["verdict"]), name
+        for col in ("p", "p_adjusted", "ci_low", "ci_high", "mde"):
+            for x, y in zip(old[col], new[col]):
+                assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-12), (name, col)
