@@ -7,8 +7,8 @@ import json
 import pandas as pd
 
 from dla_repro import cli
-from dla_repro.analysis.claims import INCONCLUSIVE, REPRODUCED, claims_table, compare
-from dla_repro.analysis.report import collect_claims
+from dla_repro.analysis.claims import INCONCLUSIVE, REPRODUCED, RULE, claims_table, compare
+from dla_repro.analysis.report import claims_report, collect_claims
 from dla_repro.paths import results_dir
 
 
@@ -41,8 +41,21 @@ def test_report_gathers_every_claims_table_in_pipeline_order(capsys):
     rows = [line for line in text.splitlines() if line.startswith("| dla_")]
     assert rows[0].startswith("| dla_classification | full beats hda | full 0.305 vs hda 0.035")
     assert "hda at or below 0.0625" in rows[0]
-    assert "ida_up 0.510 vs fcn 0.305 (mIoU)" in rows[1] and "+0.205 ±" in rows[1]
-    assert text.rstrip().endswith("Verdicts: 1 reproduced, 1 inconclusive at this budget.")
+    assert "ida_up 0.510 vs fcn 0.305 (mIoU) | +0.205 [+0.136, +0.274] | 0.005 | 2/2 | Welch |" in rows[1]
+    assert "\nVerdicts: 1 reproduced, 1 inconclusive at this budget.\n" in text
+    assert text.rstrip().endswith(RULE)
+
+
+def test_report_reads_tables_written_before_the_test_columns():
+    tables = results_dir() / "tables" / "quick"
+    tables.mkdir(parents=True)
+    old = claims_table([compare("DLA-Up beats FCN", [0.5, 0.52], [0.3, 0.31], names=("ida_up", "fcn"))])
+    old = old[["claim", "metric", "a", "b", "mean_a", "mean_b", "delta", "se", "n_a", "n_b", "expect", "verdict",
+               "note", "values_a", "values_b"]]
+    old.to_csv(tables / "dla_segmentation_claims.csv", index=False)
+    text = claims_report(collect_claims(results_dir(), "quick"), "quick")
+    row = [line for line in text.splitlines() if line.startswith("| dla_segmentation")][0]
+    assert "| +0.205 ± 0.011 (SE) | n/a | 2/2 | n/a | n/a | **reproduced** |" in row
 
 
 def test_report_without_results_names_the_folder(capsys):

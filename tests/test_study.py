@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE
 from dla_repro.engine import ClassificationTask, TrainConfig
 from dla_repro.experiments import study
 from dla_repro.experiments.study import Claim
@@ -126,14 +126,43 @@ def test_judge_applies_the_shared_rule_and_keeps_per_seed_values():
     assert v.values_a == pytest.approx((0.4, 0.7)) and v.metric == "IoU(x, y)"
 
 
+def test_judge_pairs_by_seed_only_when_declared_and_possible():
+    # a seed effect both trials share: the paired test sees the per-seed gain, Welch's does not
+    runs = _runs({"a": [0.61, 0.58, 0.66, 0.60], "b": [0.57, 0.55, 0.63, 0.58]})
+    paired, welch = study.judge([Claim("a beats b", "a", "b", "m", paired=True),
+                                 Claim("a beats b, unpaired", "a", "b", "m")], runs)
+    assert paired.paired and paired.test == "paired t one-sided" and paired.df == 3 and paired.verdict == REPRODUCED
+    assert not welch.paired and welch.test == "welch one-sided" and welch.verdict == INCONCLUSIVE
+    # other seeds on one side, or a group: Welch, and the note says why
+    shifted = runs.assign(seed=[0, 1, 2, 3, 0, 1, 2, 5])
+    (v,) = study.judge([Claim("a beats b", "a", "b", "m", paired=True)], shifted)
+    assert not v.paired and "seeds differ ([0, 1, 2, 3] vs [0, 1, 2, 5]" in v.note and v.test == "welch one-sided"
+    (g,) = study.judge([Claim("a beats base", "a", "base", "m", paired=True)], runs, {"base": [0.5] * 4})
+    assert not g.paired and "not a trial" in g.note
+
+
+def test_judge_adjusts_the_p_values_of_a_family_together():
+    runs = _runs({"a": [0.50, 0.56, 0.53], "b": [0.47, 0.50, 0.46]})  # one-sided p 0.036
+    alone = study.judge([Claim("a beats b", "a", "b", "m")], runs)
+    assert alone[0].verdict == REPRODUCED and alone[0].p_adjusted == pytest.approx(0.0361, abs=1e-4)
+    both = study.judge([Claim("a beats b", "a", "b", "m", family="F"),
+                        Claim("a beats b again", "a", "b", "m", family="F"),
+                        Claim("a beats b, own family", "a", "b", "m")], runs)
+    assert [v.verdict for v in both] == [INCONCLUSIVE, INCONCLUSIVE, REPRODUCED]
+    assert [v.p_adjusted for v in both] == pytest.approx([0.0723, 0.0723, 0.0361], abs=1e-4)
+    assert "Holm" in study.claims_markdown(both).splitlines()[2]
+
+
 def test_claims_markdown_is_one_table_with_optional_statements():
     verdicts = study.judge([Claim("a beats b", "a", "b", "m"), Claim("a ≈ b", "a", "b", "m", expect="equal",
                                                                       tolerance=0.5)],
                            _runs({"a": [0.5, 0.6], "b": [0.1, 0.2]}))
     text = study.claims_markdown(verdicts, footer="rule")
     lines = text.splitlines()
-    assert lines[0].startswith("| claim |") and len(lines) == 2 + 2 + 2 and lines[-1] == "rule"
-    assert "**reproduced**" in lines[2] and "+0.400" in lines[2]
+    # header, rule, two rows; how to read it (RULE); the footer
+    assert lines[0].startswith("| claim |") and len(lines) == 2 + 2 + 2 + 2 and lines[-1] == "rule"
+    assert lines[5] == RULE and len(study.claims_markdown(verdicts, rule=False).splitlines()) == 4
+    assert "**reproduced**" in lines[2] and "+0.400 [" in lines[2] and "| Welch |" in lines[2]
     with_paper = study.claims_markdown(verdicts, ["the paper says so", "and this"])
     assert with_paper.splitlines()[0].startswith("| paper | claim |")
     assert with_paper.splitlines()[2].startswith("| the paper says so | a beats b |")

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from .claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE
 
 __all__ = ["collect_claims", "claims_report", "write_report"]
 
@@ -52,9 +52,8 @@ def collect_claims(results: Path, profile: str, order: Sequence[str] = ()) -> pd
         frame.insert(0, "notebook", path.name[: -len(SUFFIX)])
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
-    if "note" not in out:
-        out["note"] = ""
-    out["note"] = out["note"].fillna("")
+    for col in ("note", "reading"):  # text columns; empty in every row reads back as float NaN
+        out[col] = out[col].astype(object).where(out[col].notna(), "") if col in out else ""
     return out
 
 
@@ -64,6 +63,34 @@ def _num(x: Any, fmt: str = ".3f") -> str:
     except (TypeError, ValueError):
         return "n/a"
     return "n/a" if math.isnan(value) else format(value, fmt)
+
+
+def _p_text(row: Any) -> str:
+    p, adjusted = getattr(row, "p", None), getattr(row, "p_adjusted", None)
+    raw = _num(p)
+    if raw == "n/a":
+        return raw
+    raw = "< 0.001" if float(p) < 0.001 else raw
+    if _num(adjusted) == "n/a" or math.isclose(float(adjusted), float(p)):
+        return raw
+    return f"{'< 0.001' if float(adjusted) < 0.001 else _num(adjusted)} (Holm; alone {raw})"
+
+
+def _delta_text(row: Any) -> str:
+    """Δ with its 95 % interval; tables written before the interval existed show Δ ± SE."""
+    if _num(getattr(row, "ci_low", None)) != "n/a":
+        return f"{_num(row.delta, '+.3f')} [{_num(row.ci_low, '+.3f')}, {_num(row.ci_high, '+.3f')}]"
+    if _test_text(row) == "n/a" and _num(row.se) != "n/a":
+        return f"{_num(row.delta, '+.3f')} ± {_num(row.se)} (SE)"
+    return _num(row.delta, "+.3f")
+
+
+def _test_text(row: Any) -> str:
+    test = getattr(row, "test", "")
+    if not isinstance(test, str) or not test:
+        return "n/a"
+    kind = "paired" if str(getattr(row, "paired", False)).lower() == "true" else "Welch"
+    return f"TOST ±{float(row.tolerance):g}, {kind}" if row.expect == "equal" else kind
 
 
 def claims_report(claims: pd.DataFrame, profile: str, manifest: Mapping[str, Any] | None = None) -> str:
@@ -78,18 +105,21 @@ def claims_report(claims: pd.DataFrame, profile: str, manifest: Mapping[str, Any
         wall = sum(float(r.get("wall_seconds") or 0) for r in runs.values())
         lines += [f"Commit {', '.join(commits)} · {hardware}" + (f" · notebooks' wall time {wall:.0f} s" if wall else ""),
                   ""]
-    lines += ["| notebook | claim | A vs B | Δ (A−B) ± SE | seeds | verdict |", "|---|---|---|---|---|---|"]
+    lines += ["| notebook | claim | A vs B | Δ (A−B) [95 % CI] | p | seeds | test | MDE (80 %) | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in claims.itertuples(index=False):
         metric = f" ({row.metric})" if isinstance(row.metric, str) and row.metric else ""
         versus = f"{row.a} {_num(row.mean_a)} vs {row.b} {_num(row.mean_b)}{metric}"
-        delta = f"{_num(row.delta, '+.3f')} ± {_num(row.se)}"
-        note = f" — {row.note}" if row.note else ""
-        lines.append(f"| {row.notebook} | {row.claim} | {versus} | {delta} | {row.n_a}/{row.n_b} | "
-                     f"**{row.verdict}**{note} |")
+        reading = getattr(row, "reading", "")
+        why = " — ".join(x for x in (row.note, reading if isinstance(reading, str) else "") if x)
+        why = f" — {why}" if why else ""
+        lines.append(f"| {row.notebook} | {row.claim} | {versus} | {_delta_text(row)} | {_p_text(row)} | "
+                     f"{row.n_a}/{row.n_b} | {_test_text(row)} | {_num(getattr(row, 'mde', None), '.3g')} | "
+                     f"**{row.verdict}**{why} |")
     counts = claims["verdict"].value_counts()
     order = [REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE] + sorted(set(counts.index) - {REPRODUCED, NOT_REPRODUCED,
                                                                                      INCONCLUSIVE})
-    lines += ["", "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in order if v in counts) + "."]
+    lines += ["", "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in order if v in counts) + ".", "", RULE]
     return "\n".join(lines) + "\n"
 
 

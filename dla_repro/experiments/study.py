@@ -28,13 +28,16 @@ Pieces:
 * :func:`summarize` -- mean / standard deviation / seeds per trial;
 * :class:`Claim` + :func:`judge` + :func:`claims_markdown` -- claims declared as
   data before training, judged by :func:`dla_repro.analysis.claims.compare` from
-  per-seed values, shown as one Markdown table.
+  per-seed values (one-sided Welch or paired t-test, TOST for "no difference",
+  Holm within a family: see :mod:`dla_repro.analysis.claims`), shown as one
+  Markdown table.
 
 Knows no paper: the paper modules under ``experiments/<paper>/`` say what is run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -48,7 +51,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..analysis.claims import INCONCLUSIVE, Verdict, compare
+from ..analysis.claims import INCONCLUSIVE, RULE, Verdict, compare, holm
 from ..engine import DataBundle, TrainConfig, Trial, sweep
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "summarize",
     "Claim",
     "judge",
+    "undefined_verdict",
     "claims_markdown",
 ]
 
@@ -344,8 +348,15 @@ class Claim:
     name trials (or groups handed to :func:`judge`).  ``min_effect`` is the
     smallest difference of interest; ``floor`` the value at or below which a side
     has not learned (no verdict then).  ``family`` / ``statement`` group claims
-    under the paper's sentence they test; ``labels`` name the sides in the table;
+    under the paper's sentence they test; the p-values of one family are
+    Holm-adjusted together.  ``labels`` name the sides in the table;
     ``undefined`` says why a metric can be undefined for a model.
+
+    ``paired``: compare seed by seed (paired t-test on the per-seed differences)
+    instead of two independent groups (Welch).  Declare it only when both sides
+    are trials of one sweep, run with the same seeds, so that a seed's runs share
+    what the seed fixes (data order, augmentation); :func:`judge` falls back to
+    Welch, saying so in ``note``, when the seeds differ or a side is a group.
     """
 
     text: str
@@ -361,10 +372,11 @@ class Claim:
     family: str = ""
     statement: str = ""
     undefined: str = ""  # why a side can have no value, shown when it has none
+    paired: bool = False
 
 
-def _values(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[float]:
-    """Finite per-seed values of ``metric`` (a column, or columns averaged per seed) for ``trial``."""
+def _seeded(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[tuple[Any, float]]:
+    """``(seed, value)`` of the finite per-seed values of ``metric`` (a column, or columns averaged per seed)."""
     df = runs[runs["trial"] == trial]
     if "seed" in df:
         df = df.sort_values("seed", kind="stable")
@@ -374,7 +386,13 @@ def _values(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list
         vals = df[metric]
     else:
         vals = df[list(metric)].mean(axis=1, skipna=True)
-    return [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+    seeds = df["seed"].tolist() if "seed" in df else [None] * len(df)
+    return [(s, float(v)) for s, v in zip(seeds, vals) if v is not None and math.isfinite(float(v))]
+
+
+def _values(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[float]:
+    """Finite per-seed values of ``metric`` (a column, or columns averaged per seed) for ``trial``, in seed order."""
+    return [v for _, v in _seeded(runs, trial, metric)]
 
 
 def _has(runs: pd.DataFrame, metric: str | Sequence[str]) -> bool:
@@ -382,76 +400,119 @@ def _has(runs: pd.DataFrame, metric: str | Sequence[str]) -> bool:
     return bool(cols) and all(c in runs for c in cols)
 
 
+def undefined_verdict(c: Claim, xa: Sequence[float], xb: Sequence[float], names: tuple[str, str],
+                      label: str) -> Verdict:
+    """The verdict of a claim whose metric is undefined for a side (no finite value): inconclusive, saying so."""
+    nan = float("nan")
+    undefined = " and ".join(n for n, x in zip(names, (xa, xb)) if not len(x))
+    why = f" ({c.undefined})" if c.undefined else ""
+    return Verdict(c.text, label, names[0], names[1], float(np.mean(xa)) if len(xa) else nan,
+                   float(np.mean(xb)) if len(xb) else nan, nan, nan, len(xa), len(xb), c.expect, INCONCLUSIVE,
+                   note=f"{label} undefined for {undefined}{why}", values_a=tuple(xa), values_b=tuple(xb),
+                   min_effect=c.min_effect, tolerance=c.tolerance, family=c.family)
+
+
 def judge(
     claims: Sequence[Claim],
     runs: pd.DataFrame,
     groups: Mapping[str, Sequence[float]] | None = None,
-    *,
-    k: float = 2.0,
 ) -> list[Verdict]:
-    """Each claim whose two sides ran, judged by :func:`~dla_repro.analysis.claims.compare`.
+    """Each claim whose two sides ran, judged by :func:`~dla_repro.analysis.claims.compare`, Holm within families.
 
     A side is a trial of ``runs`` or a named group of values in ``groups`` (e.g. a
     baseline measured outside the sweep).  Claims whose sides or metric are absent
     are skipped (the trial was not run in this profile).  A side with no finite
     value (a metric undefined for that model) gives an inconclusive verdict that
-    says so.  With a single seed on either side no difference is large enough: the
-    spread cannot be judged (inconclusive).  The per-seed values are kept in the
-    verdict's ``values_a`` / ``values_b``.
+    says so.  With a single seed on either side there is no verdict: the spread
+    cannot be judged.  A ``paired`` claim is paired by seed when both sides are
+    trials with the same seeds, else judged by Welch's test with a ``note``.  The
+    p-values of each ``family`` are adjusted together
+    (:func:`~dla_repro.analysis.claims.holm`).  The per-seed values are kept in
+    the verdict's ``values_a`` / ``values_b``.
     """
     groups = dict(groups or {})
     trials = set(runs["trial"]) if "trial" in runs else set()
     out: list[Verdict] = []
     for c in claims:
-        sides = []
+        sides: list[list[tuple[Any, float]] | None] = []
         for side in (c.a, c.b):
             if side in groups:
-                sides.append([float(v) for v in groups[side]])
+                sides.append([(None, float(v)) for v in groups[side]])
             elif side in trials and _has(runs, c.metric):
-                sides.append(_values(runs, side, c.metric))
+                sides.append(_seeded(runs, side, c.metric))
             else:
                 sides.append(None)
         if None in sides:
             continue
-        xa, xb = sides
+        xa, xb = ([v for _, v in side] for side in sides)
         names = c.labels or (c.a, c.b)
         label = c.label or (c.metric if isinstance(c.metric, str) else ", ".join(c.metric))
         if not xa or not xb:
-            nan = float("nan")
-            undefined = " and ".join(n for n, x in zip(names, (xa, xb)) if not x)
-            why = f" ({c.undefined})" if c.undefined else ""
-            out.append(Verdict(c.text, label, names[0], names[1], float(np.mean(xa)) if xa else nan,
-                               float(np.mean(xb)) if xb else nan, nan, nan, len(xa), len(xb), c.expect,
-                               INCONCLUSIVE, note=f"{label} undefined for {undefined}{why}", values_a=tuple(xa),
-                               values_b=tuple(xb)))
+            out.append(undefined_verdict(c, xa, xb, names, label))
             continue
-        enough = len(xa) >= 2 and len(xb) >= 2
-        out.append(compare(c.text, xa, xb, metric=label, names=names, expect=c.expect, k=k,
-                           min_effect=c.min_effect if enough and c.expect != "equal" else 0.0,
-                           tolerance=c.tolerance, floor=c.floor))
-    return out
+        paired, note = False, ""
+        if c.paired:
+            seeds_a, seeds_b = ([s for s, _ in side] for side in sides)
+            if c.a in groups or c.b in groups or None in seeds_a or None in seeds_b:
+                note = "not paired: a side is not a trial of the runs (Welch instead)"
+            elif seeds_a != seeds_b:
+                note = f"not paired: seeds differ ({seeds_a} vs {seeds_b}; Welch instead)"
+            else:
+                paired = True
+        v = compare(c.text, xa, xb, metric=label, names=names, expect=c.expect, min_effect=c.min_effect,
+                    tolerance=c.tolerance, floor=c.floor, paired=paired, family=c.family)
+        if note:
+            v = dataclasses.replace(v, note="; ".join(n for n in (v.note, note) if n))
+        out.append(v)
+    return holm(out)
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or math.isnan(x) else format(x, fmt)
+
+
+def _p_cell(v: Verdict) -> str:
+    if math.isnan(v.p):
+        return "n/a"
+    p = "< 0.001" if v.p < 0.001 else f"{v.p:.3f}"
+    if math.isnan(v.p_adjusted) or math.isclose(v.p_adjusted, v.p):
+        return p
+    adjusted = "< 0.001" if v.p_adjusted < 0.001 else f"{v.p_adjusted:.3f}"
+    return f"{adjusted} (Holm; alone {p})"
+
+
+def _test_cell(v: Verdict) -> str:
+    if not v.test:
+        return "n/a"
+    kind = "paired" if v.paired else "Welch"
+    return f"TOST ±{v.tolerance:g}, {kind}" if v.expect == "equal" else kind
 
 
 def claims_markdown(verdicts: Sequence[Verdict], statements: Sequence[str] | None = None, *,
-                    footer: str = "", empty: str = "_No claim could be tested with the trials that ran._") -> str:
+                    footer: str = "", empty: str = "_No claim could be tested with the trials that ran._",
+                    rule: bool = True) -> str:
     """The verdicts as one Markdown table (for ``IPython.display.Markdown``); ``statements`` adds the
-    paper's sentence each claim tests as a first column."""
+    paper's sentence each claim tests as a first column; ``rule`` adds how to read it
+    (:data:`~dla_repro.analysis.claims.RULE`) below the table, before ``footer``."""
     if not verdicts:
         return empty
 
-    def num(x: float, fmt: str = ".3f") -> str:
-        return "n/a" if x is None or math.isnan(x) else format(x, fmt)
-
-    head = "| claim | metric | A | B | mean A | mean B | Δ (A−B) | SE | seeds | verdict |"
-    rule = "|---|---|---|---|---|---|---|---|---|---|"
+    head = ("| claim | metric | A | B | mean A | mean B | Δ (A−B) [95 % CI] | p | seeds | test | MDE (80 %) "
+            "| verdict |")
+    rule_line = "|---|---|---|---|---|---|---|---|---|---|---|---|"
     if statements is not None:
-        head, rule = "| paper | " + head[2:], "|---" + rule
-    lines = [head, rule]
+        head, rule_line = "| paper | " + head[2:], "|---" + rule_line
+    lines = [head, rule_line]
     for i, v in enumerate(verdicts):
-        note = f" ({v.note})" if v.note else ""
-        row = (f"| {v.claim} | {v.metric} | {v.a} | {v.b} | {num(v.mean_a)} | {num(v.mean_b)} | "
-               f"{num(v.delta, '+.3f')} | {num(v.se)} | {v.n_a}/{v.n_b} | **{v.verdict}**{note} |")
+        why = "; ".join(x for x in (v.note, v.reading) if x)
+        why = f" ({why})" if why else ""
+        ci = f" [{_num(v.ci_low, '+.3f')}, {_num(v.ci_high, '+.3f')}]" if not math.isnan(v.ci_low) else ""
+        row = (f"| {v.claim} | {v.metric} | {v.a} | {v.b} | {_num(v.mean_a)} | {_num(v.mean_b)} | "
+               f"{_num(v.delta, '+.3f')}{ci} | {_p_cell(v)} | {v.n_a}/{v.n_b} | {_test_cell(v)} | "
+               f"{_num(v.mde, '.3g')} | **{v.verdict}**{why} |")
         lines.append(f"| {statements[i]} " + row if statements is not None else row)
+    if rule:
+        lines += ["", RULE]
     if footer:
         lines += ["", footer]
     return "\n".join(lines)

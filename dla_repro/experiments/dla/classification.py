@@ -56,6 +56,7 @@ __all__ = [
     "learned_floor",
     "claims",
     "judge_claims",
+    "residual_floor_note",
     "claims_frame",
     "claims_markdown",
     "paper_vs_ours",
@@ -317,18 +318,25 @@ def _residual_gains(runs: pd.DataFrame, metric: str) -> tuple[dict[str, list[flo
     return gains, trees
 
 
-def judge_claims(results: Results, spec: ModelSpec, metric: str = METRIC, k: float = 2.0,
+def residual_floor_note(runs: pd.DataFrame, metric: str, floor: float | None) -> str:
+    """The floor note of the residual-gain claim: its groups are differences, so the floor applies to the four
+    trees behind them ("" when every tree learned)."""
+    _, trees = _residual_gains(runs, metric)
+    return floor_note(floor, {name: t.tolist() for name, t in trees.items()}) if trees else ""
+
+
+def judge_claims(results: Results, spec: ModelSpec, metric: str = METRIC,
                  floor: float | None = None) -> list[tuple[Claim, Verdict]]:
-    """Each claim of :func:`claims` whose trials ran, with its verdict.
+    """Each claim of :func:`claims` whose trials ran, with its verdict (Holm within each ablation).
 
     The residual gains are differences, so ``floor`` applies to the four trees behind them.
     """
     declared = {c.text: c for c in claims(spec, floor, metric)}
-    gains, trees = _residual_gains(results.runs, metric)
+    gains, _ = _residual_gains(results.runs, metric)
     judged = []
-    for v in study.judge(list(declared.values()), results.runs, gains, k=k):
+    for v in study.judge(list(declared.values()), results.runs, gains):
         if v.a == "deep gain":
-            note = floor_note(floor, {name: t.tolist() for name, t in trees.items()})
+            note = residual_floor_note(results.runs, metric, floor)
             if note:
                 v = dataclasses.replace(v, verdict=INCONCLUSIVE, note=note)
         judged.append((declared[v.claim], v))
@@ -356,10 +364,9 @@ def claims_markdown(judged: Sequence[tuple[Claim, Verdict]], context: str = "") 
     return head + "\n\n" + table
 
 
-VERDICT_RULE = ("A claim is *reproduced* only when the mean difference has the claimed sign and exceeds twice its "
-                "seed standard error (and 0.005 top-1), and both sides learned (top-1 above twice chance); "
-                "*inconclusive at this budget* means the seed spreads overlap or a side did not learn -- more "
-                "seeds, data or epochs would be needed to tell.")
+VERDICT_RULE = (f"Here the smallest effect of interest is {MIN_EFFECT:g} top-1, the ≈ margin ±{KERNEL_TOLERANCE:g}, "
+                "the families are the three ablations, and a side at or below twice chance has not learned (no "
+                "verdict); *inconclusive at this budget* means more seeds, data or epochs would be needed to tell.")
 
 
 def paper_vs_ours(results: Results, spec: ModelSpec, dataset: str, metric: str = METRIC) -> pd.DataFrame:
