@@ -100,7 +100,7 @@ def _kernels_gone(timeout: float = 20) -> None:
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_identical_executions_at_once_all_succeed_and_lose_no_metric_point():
-    n = 3
+    n = 2
     commands = [Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=2", env={"OMP_NUM_THREADS": "1"})
                 for _ in range(n)]
     outcomes = [c.finish() for c in commands]
