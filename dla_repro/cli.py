@@ -158,16 +158,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .analysis.report import write_report
-    from .paths import results_dir
+    from .analysis.report import write_all
+    from .paths import repo_root, results_dir
 
+    results = results_dir()
+    # README's "What reproduced" block shows the committed quick results: only they may rewrite it
+    # (not a results folder chosen with DLA_REPRO_RESULTS, nor another profile).
+    readme = repo_root() / "README.md"
+    own = args.profile == "quick" and results == (repo_root() / "results").resolve() and readme.is_file()
     try:
-        path, text = write_report(results_dir(), args.profile)
-    except FileNotFoundError as exc:
+        out = write_all(results, args.profile, readme if own else None)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"dla-repro: error: {exc}", file=sys.stderr)
         return 2
-    print(text)
-    print(f"wrote {path}")
+    print(out["text"])
+    for key in ("claims", "figure", "report"):
+        print(f"wrote {out[key]}")
+    if out["readme"] is not None:
+        print(f"{'updated' if out['readme_changed'] else 'unchanged'}: {out['readme']} (What reproduced)")
     return 0
 
 
@@ -214,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="output file stem")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("report", help="every notebook's verdicts in one table (results/claims_<profile>.md)")
+    p = sub.add_parser("report", help="every notebook's verdicts: results/REPORT.md (quick) or REPORT_<profile>.md, "
+                                      "a forest plot, results/claims_<profile>.md; quick also refreshes README's "
+                                      "What reproduced")
     p.add_argument("--profile", choices=pipeline.PROFILES, default="quick")
     p.set_defaults(func=_cmd_report)
     return parser

@@ -92,3 +92,42 @@ def _assert_every_run_in_its_notebooks_experiment(manifest: dict) -> None:
         assert run.info.experiment_id == root.info.experiment_id, run.info.run_name
         assert run.info.artifact_uri.startswith(tracking.artifact_root().as_uri()), run.info.artifact_uri
     assert nested, "the smoke pipeline trains nested runs"
+
+
+def _tiny_training_runs(experiment: str) -> None:
+    """Two trials × two seeds × two profiles of finished 'fit' runs with a 3-epoch val_miou history."""
+    import mlflow
+
+    exp_id = tracking.get_or_create_experiment(experiment)
+    for profile, offset in (("smoke", 0.0), ("quick", 0.1)):
+        for trial, gain in (("fcn", 0.0), ("ida_up", 0.05)):
+            for seed in (0, 1):
+                with mlflow.start_run(experiment_id=exp_id, run_name=f"{trial} seed={seed}"):
+                    mlflow.log_params({"trial": trial, "seed": seed})
+                    mlflow.set_tags({"kind": "fit", "profile": profile, "hw.cpu": "Test CPU"})
+                    for epoch in range(3):
+                        mlflow.log_metric("val_miou", 0.1 * epoch + gain + offset + 0.01 * seed, step=epoch)
+    with mlflow.start_run(experiment_id=exp_id, run_name="not a training"):
+        mlflow.set_tags({"kind": "sweep", "profile": "smoke"})
+
+
+@pytest.mark.notebook
+def test_compare_runs_notebook_plots_the_stores_runs_and_survives_an_empty_store(capsys):
+    """99_compare_runs in smoke: with runs, both figures and the selection (8 trainings, not the sweep);
+    pointed at an experiment with none, it says so and still completes."""
+    tracking.configure()
+    _tiny_training_runs("dla_segmentation")
+    assert cli.main(["run", "compare_runs", "--profile", "smoke"]) == 0, capsys.readouterr().out
+    figures = results_dir() / "figures" / "smoke"
+    assert (figures / "compare_runs_curves.png").is_file() and (figures / "compare_runs_last.png").is_file()
+    import pandas as pd
+
+    selected = pd.read_csv(results_dir() / "tables" / "smoke" / "compare_runs_selected.csv")
+    assert len(selected) == 8 and set(selected["tags.profile"]) == {"smoke", "quick"}
+    summary = pd.read_csv(results_dir() / "tables" / "smoke" / "compare_runs_summary.csv")
+    assert len(summary) == 4 and set(summary["count"]) == {2}
+
+    assert cli.main(["run", "compare_runs", "--profile", "smoke", "-p", "experiment=no_such_experiment"]) == 0
+    executed = nbformat.read(results_dir() / "notebooks" / "smoke" / "99_compare_runs.ipynb", as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in executed.cells])
+    assert "no experiment 'no_such_experiment' in the store" in text and "Nothing to plot" in text

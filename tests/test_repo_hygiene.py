@@ -26,18 +26,21 @@ GENERATED = [
     # smoke profile: pipeline, report, and a results folder chosen with DLA_REPRO_RESULTS
     "results/notebooks/smoke/00_data.ipynb", "results/figures/smoke/data_samples.png",
     "results/tables/smoke/dla_classification_runs.csv", "results/manifest_smoke.json",
-    "results/claims_smoke.md", "results/parsenet_extended/notebooks/smoke/05_global_context.ipynb",
+    "results/claims_smoke.md", "results/REPORT_smoke.md",
+    "results/parsenet_extended/notebooks/smoke/05_global_context.ipynb",
     "results/parsenet_extended/manifest_smoke.json",
     # a failed (or any) paper-profile run
     "results/notebooks/paper/02_classification.ipynb", "results/figures/paper/dla_classification_curves.png",
     "results/tables/paper/dla_classification_runs.csv", "results/manifest_paper.json", "results/claims_paper.md",
+    "results/REPORT_paper.md",
     # make lock's scratch environment, caches
     ".lock-venv/bin/python", ".venv/bin/python", ".pytest_cache/v/cache/nodeids",
     "notebooks/.ipynb_checkpoints/00_data-checkpoint.ipynb", "dla_repro/__pycache__/cli.cpython-311.pyc",
 ]
 COMMITTED = [
     "results/notebooks/quick/00_data.ipynb", "results/figures/quick/data_samples.png",
-    "results/manifest_quick.json", "results/claims_quick.md", "results/tables/synthetic_calibration.csv",
+    "results/manifest_quick.json", "results/claims_quick.md", "results/REPORT.md",
+    "results/figures/quick/claims_forest.png", "results/tables/synthetic_calibration.csv",
     "results/parsenet_extended/manifest_quick.json", "dla_repro/data/synthetic.py", "notebooks/00_data.ipynb",
 ]
 
