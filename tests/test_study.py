@@ -255,8 +255,9 @@ def test_invalid_plans_are_refused_with_every_problem_named():
     with pytest.raises(study.PlanError) as err:
         study.preregister(bad, [0, 1], experiment="toy", log=False)
     text = str(err.value)
-    for needle in ("'no metric': no metric", "expect='bigger'", "'≈ without margin': expect='equal' needs a tolerance",
-                   "min_effect=-0.1 must be ≥ 0", "two different names", "'twice' is declared twice"):
+    for needle in ("'no metric': no metric", "expect='bigger'", "min_effect=-0.1 must be ≥ 0",
+                   "'≈ without margin': expect='equal' needs a tolerance", "two different names",
+                   "'twice' is declared twice"):
         assert needle in text, needle
     with pytest.raises(study.PlanError, match="no seeds"):
         study.preregister([Claim("a beats b", "a", "b", "m")], [], experiment="toy", log=False)

@@ -565,7 +565,7 @@ class ClaimsPlan:
         missing = [c for c in claims if c not in known]
         if missing:
             texts = {c.text for c in self.claims}
-            why = ["{!r} ({})".format(c.text, "declared differently in the plan" if c.text in texts else "not in the plan")
+            why = [f"{c.text!r} ({'declared differently in the plan' if c.text in texts else 'not in the plan'})"
                    for c in missing]
             raise PlanError(f"{self.experiment}: judged claims were not pre-registered in plan sha256 "
                             f"{self.sha256[:12]}…: {'; '.join(why)}. Change a plan by editing the paper module's "
