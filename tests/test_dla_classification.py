@@ -158,6 +158,13 @@ def test_models_that_did_not_learn_make_claims_inconclusive():
     assert got["residual node does not help the shallow tree (depth 2)"] == REPRODUCED
     notes = claims.set_index("claim")["note"]
     assert "hda at or below 0.0625" in notes["full DLA (IDA+HDA) beats hda at matched params"]
+    # judged under the pre-registered plan: the same verdicts, each with the plan's hash; another floor is a change
+    plan = study.preregister(exp.claims(TINY, floor), [0, 1, 2], experiment="dla_classification", log=False)
+    planned = exp.judge_claims(results, TINY, floor=floor, plan=plan)
+    assert [v.verdict for _, v in planned] == [v.verdict for _, v in judged]
+    assert {v.plan_sha256 for _, v in planned} == {plan.sha256}
+    with pytest.raises(study.PlanError, match="declared differently in the plan"):
+        exp.judge_claims(results, TINY, plan=plan)
     assert "deep/off" in notes["residual gain is larger for the deep tree than for the shallow one"]
     assert "did not learn" in exp.claims_markdown(judged)
 

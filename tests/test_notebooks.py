@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -53,6 +54,26 @@ def test_training_parameters_are_declared_alike_in_every_notebook():
             assert "TrainConfig(" not in source, f"{spec.name}: build the config from the parameters, not by hand"
 
 
+def _code_cells(spec) -> list[str]:
+    return [c.source for c in nbformat.read(spec.path, as_version=4).cells if c.cell_type == "code"]
+
+
+TRAINING_CALL = re.compile(r"\b\w+\.run(_ablation)?\(")  # seg.run(, pn.run(, exp.run_ablation(, study.run(
+JUDGING = [s for s in SPECS if any("judge" in c for c in _code_cells(s))]  # the notebooks that judge claims
+
+
+def test_claims_are_preregistered_before_training_and_judged_under_the_plan():
+    """Every notebook that judges claims pre-registers them (``study.preregister``) before its first training
+    cell, and its judging cell uses the plan; the executed run then carries ``claims_plan.json``."""
+    assert len(JUDGING) >= 4, [s.name for s in JUDGING]
+    for spec in JUDGING:
+        cells = _code_cells(spec)
+        prereg = [i for i, c in enumerate(cells) if "study.preregister(" in c]
+        training = [i for i, c in enumerate(cells) if TRAINING_CALL.search(c)]
+        assert len(prereg) == 1 and training and prereg[0] < training[0], spec.name
+        assert all("plan" in c for c in cells if "judge" in c), f"{spec.name}: judge under the plan"
+
+
 @pytest.mark.parametrize("profile", pipeline.PROFILES)
 def test_every_notebook_plans_in_every_profile(profile):
     jobs = pipeline.plan(profile=profile, pipeline=PIPE)
@@ -69,6 +90,18 @@ def test_whole_pipeline_runs_in_smoke_profile(capsys):
     assert set(manifest["notebooks"]) == {s.name for s in SPECS}
     assert all(e["status"] == "ok" for e in manifest["notebooks"].values())
     _assert_every_run_in_its_notebooks_experiment(manifest)
+    _assert_claims_plans_logged(manifest)
+
+
+def _assert_claims_plans_logged(manifest: dict) -> None:
+    """Each notebook that judges claims left its plan on its run: ``claims_plan.json`` and the hash tag."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.configure())
+    for spec in JUDGING:
+        run_id = manifest["notebooks"][spec.name]["mlflow_run_id"]
+        assert "claims_plan.json" in {a.path for a in client.list_artifacts(run_id)}, spec.name
+        assert client.get_run(run_id).data.tags.get("claims_plan_sha256"), spec.name
 
 
 def _assert_every_run_in_its_notebooks_experiment(manifest: dict) -> None:

@@ -58,6 +58,8 @@ def test_rejudge_table_keeps_extra_columns_and_refuses_claims_it_cannot_find():
     old.insert(0, "paper", "ParseNet")
     new = rejudge_table(old, pn.claims(0.02))
     assert list(new.columns[:2]) == ["paper", "claim"] and (new["paper"] == "ParseNet").all()
+    # the plan the claims were pre-registered under stays: the rule changed, not the plan
+    assert (rejudge_table(old.assign(plan_sha256="abc123"), pn.claims(0.02))["plan_sha256"] == "abc123").all()
     with pytest.raises(KeyError, match="not declared"):
         rejudge_table(old.assign(claim="a claim nobody made"), pn.claims(0.02))
     with pytest.raises(ValueError, match="compares"):

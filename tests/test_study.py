@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -167,3 +169,114 @@ def test_claims_markdown_is_one_table_with_optional_statements():
     assert with_paper.splitlines()[0].startswith("| paper | claim |")
     assert with_paper.splitlines()[2].startswith("| the paper says so | a beats b |")
     assert study.claims_markdown([]).startswith("_No claim")
+
+
+# ------------------------------------------------------------------ pre-registration
+def test_preregister_logs_the_plan_on_the_notebook_run_before_any_training():
+    from mlflow.tracking import MlflowClient
+
+    from dla_repro import tracking
+    from dla_repro.paths import results_dir
+
+    claims = [Claim("wide beats narrow", "wide", "narrow", "mean_logit", min_effect=0.01, family="F"),
+              Claim("wide ≈ narrow", "wide", "narrow", "mean_logit", expect="equal", tolerance=0.5, family="F")]
+    run = tracking.start_notebook_run("toy_prereg", {"epochs": 1}, profile="smoke")
+    try:
+        plan = study.preregister(claims, [0, 1], experiment="toy_prereg", design="narrow vs wide, one sweep")
+        client = MlflowClient(tracking.configure())
+        logged = client.get_run(run.info.run_id)
+        assert plan.run_id == run.info.run_id and logged.data.tags[study.PLAN_TAG] == plan.sha256
+        assert {"claims_plan.json", "claims_plan.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert logged.data.params["claims.n"] == "2" and logged.data.params["claims.c2.expect"] == "equal"
+        assert logged.data.params["claims.c1.min_effect"] == "0.01" and logged.data.params["claims.seeds"] == "[0, 1]"
+        saved = client.download_artifacts(run.info.run_id, "claims_plan.json")
+        content = json.loads(Path(saved).read_text())
+        assert content["sha256"] == plan.sha256 and [c["text"] for c in content["claims"]] == [c.text for c in claims]
+        table = pd.read_csv(results_dir() / "tables" / "smoke" / "toy_prereg_claims_plan.csv")
+        assert list(table["id"]) == ["c1", "c2"] and list(table["test"]) == ["one-sided Welch t", "TOST ±0.5, Welch t"]
+        assert (table["multiplicity"] == "Holm over the 2 claims of 'F'").all() and not plan.notes
+
+        data = study.load_data("classification", image_size=32, n_train=16, n_val=8)
+        trials = study.trial_table({"narrow": {"width": 2}, "wide": {"width": 8}}, ["narrow", "wide"], _Linear,
+                                   num_classes=data.num_classes)
+        config = TrainConfig(epochs=1, batch_size=8, optimizer="adamw", lr=1e-2, progress=False)
+
+        def evaluate(model, d):
+            with torch.no_grad():
+                return {"mean_logit": float(torch.cat([model(d.val[i][0][None]) for i in range(len(d.val))]).mean())}
+
+        result = study.run("toy", trials, data, config, [0, 1], ClassificationTask(), evaluate=evaluate)
+        # every training started after the plan was logged
+        logged_at = int(client.get_run(run.info.run_id).data.tags[study.PLAN_TIME_TAG])
+        fits = client.search_runs([run.info.experiment_id], "tags.kind = 'fit'")
+        assert len(fits) == 4 and all(f.info.start_time >= logged_at for f in fits)
+
+        verdicts = study.judge_plan(plan, result.runs)
+        assert [v.claim for v in verdicts] == [c.text for c in claims]
+        assert {v.plan_sha256 for v in verdicts} == {client.get_run(run.info.run_id).data.tags[study.PLAN_TAG]}
+        # the same plan again (a resumed execution) is accepted; another plan, or a first plan after training, is not
+        assert study.preregister(claims, [0, 1], experiment="toy_prereg", design="narrow vs wide, one sweep").sha256 \
+            == plan.sha256
+        with pytest.raises(study.PlanError, match="already holds another claims plan"):
+            study.preregister(claims[:1], [0, 1], experiment="toy_prereg")
+        client.delete_tag(run.info.run_id, study.PLAN_TAG)
+        with pytest.raises(study.PlanError, match="already has trainings.*before training starts"):
+            study.preregister(claims, [0, 1], experiment="toy_prereg")
+    finally:
+        tracking.end_notebook_run()
+
+
+def test_judging_a_claim_that_was_not_preregistered_is_an_error():
+    runs = _runs({"a": [0.50, 0.52, 0.51], "b": [0.30, 0.31, 0.29]})
+    declared = Claim("a beats b", "a", "b", "m", min_effect=0.01)
+    plan = study.preregister([declared], [0, 1, 2], experiment="toy", log=False)
+    (v,) = study.judge([declared], runs, plan=plan)
+    assert v.plan_sha256 == plan.sha256 and v.verdict == REPRODUCED
+    assert study.judge([declared], runs)[0].plan_sha256 == ""  # without a plan: as before
+    with pytest.raises(study.PlanError, match="'b beats a' \\(not in the plan\\)"):
+        study.judge([declared, Claim("b beats a", "b", "a", "m")], runs, plan=plan)
+    moved = Claim("a beats b", "a", "b", "m", min_effect=0.05)  # the margin changed after the plan
+    with pytest.raises(study.PlanError, match="declared differently in the plan.*commit"):
+        study.judge([moved], runs, plan=plan)
+    other = study.preregister([moved], [0, 1, 2], experiment="toy", log=False)
+    assert other.sha256 != plan.sha256
+    # a plan outside an MLflow run cannot be logged
+    with pytest.raises(study.PlanError, match="no active MLflow run"):
+        study.preregister([declared], [0, 1], experiment="toy")
+
+
+def test_invalid_plans_are_refused_with_every_problem_named():
+    bad = [Claim("no metric", "a", "b", ""),
+           Claim("odd direction", "a", "b", "m", expect="bigger"),
+           Claim("≈ without margin", "a", "b", "m", expect="equal"),
+           Claim("negative effect", "a", "b", "m", min_effect=-0.1),
+           Claim("one side", "a", "a", "m"),
+           Claim("twice", "a", "b", "m"), Claim("twice", "a", "c", "m")]
+    with pytest.raises(study.PlanError) as err:
+        study.preregister(bad, [0, 1], experiment="toy", log=False)
+    text = str(err.value)
+    for needle in ("'no metric': no metric", "expect='bigger'", "min_effect=-0.1 must be ≥ 0",
+                   "'≈ without margin': expect='equal' needs a tolerance", "two different names",
+                   "'twice' is declared twice"):
+        assert needle in text, needle
+    with pytest.raises(study.PlanError, match="no seeds"):
+        study.preregister([Claim("a beats b", "a", "b", "m")], [], experiment="toy", log=False)
+    one = study.preregister([Claim("a beats b", "a", "b", "m")], [0], experiment="toy", log=False)
+    assert one.notes == (study.ONE_SEED_NOTE,) and "one seed: no verdict possible" in one.summary()
+
+
+def test_paper_modules_declare_valid_plans():
+    from dla_repro.experiments.dla import boundaries, classification, segmentation
+    from dla_repro.experiments.parsenet import global_context
+
+    spec = classification.ModelSpec("dla34", 32, (8, 8, 16, 24, 48, 96), (1, 1, 1, 2, 4, 1))
+    declared = {
+        "dla_classification": classification.claims(spec, classification.learned_floor(32)),
+        "dla_segmentation": segmentation.claims(["line", "dot"], ["background", "line", "dot"]),
+        "dla_boundaries": boundaries.claims(["ida_up:10", "fcn:10", "ida_up:1"], ["Sobel"]),
+        "parsenet": global_context.claims(0.02),
+    }
+    for name, claims in declared.items():
+        plan = study.preregister(claims, [0, 1], experiment=name, log=False)
+        assert len(plan.table) == len(claims) > 0 and plan.sha256 == study.preregister(
+            claims, [0, 1], experiment=name, log=False).sha256, name

@@ -146,6 +146,7 @@ class Verdict:
     tolerance: float | None = None
     family: str = ""
     reading: str = ""  # what the budget shows when the claim is not reproduced
+    plan_sha256: str = ""  # the pre-registered plan the claim was judged under (experiments.study.preregister)
 
     def as_row(self) -> dict:
         return asdict(self)

@@ -8,10 +8,11 @@ claims, the figures -- and calls these functions::
 
     data = study.load_data("segmentation", dataset, data_root, image_size=64, n_train=1000, n_val=300)
     trials = study.trial_table(TRIALS, ["fcn", "ida_up"], build_model, num_classes=data.num_classes)
+    plan = study.preregister(CLAIMS, seeds, experiment="dla_segmentation")  # logged before any training
     result = study.run("dla_segmentation", trials, data, config, seeds, task, evaluate=per_class_iou)
     result.model("ida_up", 0)                    # rebuilt from its recipe, final weights loaded
     study.summarize(result.runs, ["val_miou"])   # mean / sd over seeds per trial
-    verdicts = study.judge(CLAIMS, result.runs)  # the shared verdict rule, per-seed values kept
+    verdicts = study.judge_plan(plan, result.runs)  # the shared verdict rule, per-seed values kept
     study.claims_markdown(verdicts)              # the notebook's closing table
 
 Pieces:
@@ -30,7 +31,19 @@ Pieces:
   data before training, judged by :func:`dla_repro.analysis.claims.compare` from
   per-seed values (one-sided Welch or paired t-test, TOST for "no difference",
   Holm within a family: see :mod:`dla_repro.analysis.claims`), shown as one
-  Markdown table.
+  Markdown table;
+* :func:`preregister` + :class:`ClaimsPlan` + :func:`judge_plan` -- the claims
+  *pre-registered*: validated (metric, ``expect`` in greater / less / equal, a
+  tolerance for "≈", ``min_effect`` ≥ 0, seeds; one seed is allowed but the
+  plan says no verdict is possible), then logged on the notebook's MLflow run
+  before any training -- params ``claims.*``, artifacts ``claims_plan.json`` /
+  ``claims_plan.csv``, the tag ``claims_plan_sha256`` (the plan's hash) and
+  ``results/tables/<profile>/<experiment>_claims_plan.csv``.  It is refused once
+  a training exists under the run (unless the run already holds the same plan:
+  a resumed execution).  Judging under the plan (``judge(..., plan=plan)`` or
+  :func:`judge_plan`) accepts only the plan's claims, as declared, and writes
+  the hash into every verdict (``plan_sha256``).  A plan changes only by editing
+  the paper module's claims in a commit that gives the reason.
 
 Knows no paper: the paper modules under ``experiments/<paper>/`` say what is run.
 """
@@ -40,7 +53,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +66,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..analysis.claims import INCONCLUSIVE, RULE, Verdict, compare, holm
+from ..analysis.claims import ALPHA, INCONCLUSIVE, RULE, Verdict, compare, holm
 from ..engine import DataBundle, TrainConfig, Trial, sweep
 
 __all__ = [
@@ -63,7 +78,12 @@ __all__ = [
     "run",
     "summarize",
     "Claim",
+    "ClaimsPlan",
+    "PlanError",
+    "PLAN_TAG",
+    "preregister",
     "judge",
+    "judge_plan",
     "undefined_verdict",
     "claims_markdown",
 ]
@@ -412,10 +432,237 @@ def undefined_verdict(c: Claim, xa: Sequence[float], xb: Sequence[float], names:
                    min_effect=c.min_effect, tolerance=c.tolerance, family=c.family)
 
 
+# ------------------------------------------------------------------ pre-registration
+PLAN_TAG = "claims_plan_sha256"  # tag of the notebook run: the hash of its pre-registered plan
+PLAN_TIME_TAG = "claims_plan_logged_at"  # tag: when the plan was logged (ms since the epoch, as MLflow's times)
+EXPECTS = ("greater", "less", "equal")
+ONE_SEED_NOTE = "one seed: no verdict possible (every claim will be inconclusive)"
+_PLAN_COLUMNS = ("id", "text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired",
+                 "seeds", "alpha", "test", "multiplicity")
+_PARAM_FIELDS = ("text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired", "test")
+_PARAM_LIMIT = 500  # characters of a parameter value every MLflow version accepts
+
+
+class PlanError(ValueError):
+    """A claims plan that is invalid, changed after training started, or not the one a claim is judged under."""
+
+
+def _metric_text(metric: str | Sequence[str]) -> str:
+    return metric if isinstance(metric, str) else ", ".join(metric)
+
+
+def _test_name(c: Claim) -> str:
+    kind = "paired t by seed" if c.paired else "Welch t"
+    return f"TOST ±{c.tolerance:g}, {kind}" if c.expect == "equal" else f"one-sided {kind}"
+
+
+def _plan_problems(claims: Sequence[Claim], seeds: Sequence[int], alpha: float) -> list[str]:
+    """What makes a plan invalid, one line each (empty: valid)."""
+    problems = []
+    if not 0 < alpha < 1:
+        problems.append(f"alpha={alpha!r}: expected a level in (0, 1)")
+    if not len(seeds):
+        problems.append("no seeds: the plan must say which seeds will run")
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds {list(seeds)} repeat a seed")
+    texts = [c.text for c in claims]
+    for t in sorted({t for t in texts if texts.count(t) > 1}):
+        problems.append(f"claim {t!r} is declared twice (claims are told apart by their text)")
+    for c in claims:
+        where = f"claim {c.text!r}" if c.text else "a claim without text"
+        if not c.text:
+            problems.append(f"{where}: no text")
+        if not c.a or not c.b or c.a == c.b:
+            problems.append(f"{where}: sides a={c.a!r}, b={c.b!r} must be two different names")
+        cols = [c.metric] if isinstance(c.metric, str) else list(c.metric)
+        if not cols or not all(isinstance(m, str) and m for m in cols):
+            problems.append(f"{where}: no metric")
+        if c.expect not in EXPECTS:
+            problems.append(f"{where}: expect={c.expect!r}, expected one of {', '.join(EXPECTS)}")
+        if c.expect == "equal" and not (c.tolerance is not None and math.isfinite(c.tolerance) and c.tolerance > 0):
+            problems.append(f"{where}: expect='equal' needs a tolerance > 0 (the ≈ margin), got {c.tolerance!r}")
+        if not (math.isfinite(c.min_effect) and c.min_effect >= 0):
+            problems.append(f"{where}: min_effect={c.min_effect!r} must be ≥ 0")
+        if c.floor is not None and not math.isfinite(c.floor):
+            problems.append(f"{where}: floor={c.floor!r} must be finite (or None)")
+    return problems
+
+
+@dataclass(frozen=True)
+class ClaimsPlan:
+    """The claims of one notebook execution, fixed before training (:func:`preregister`).
+
+    ``claims`` in declaration order with their ``ids`` (``c1``, ``c2``, …);
+    ``seeds`` the seeds that will run; ``alpha`` the level of every test;
+    ``sha256`` the hash of all of it (the run's tag :data:`PLAN_TAG` and every
+    verdict's ``plan_sha256``); ``notes`` what the plan already says about its
+    verdicts (one seed: none).
+    """
+
+    experiment: str
+    claims: tuple[Claim, ...]
+    seeds: tuple[int, ...]
+    alpha: float = ALPHA
+    design: str = ""
+    notes: tuple[str, ...] = ()
+    run_id: str | None = None  # the run it was logged to (None: not logged)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(f"c{i}" for i in range(1, len(self.claims) + 1))
+
+    def _row(self, cid: str, c: Claim) -> dict[str, Any]:
+        family = [x for x in self.claims if c.family and x.family == c.family]
+        multiplicity = f"Holm over the {len(family)} claims of '{c.family}'" if len(family) > 1 else ""
+        return {"id": cid, "text": c.text, "a": c.a, "b": c.b, "metric": _metric_text(c.metric), "expect": c.expect,
+                "min_effect": c.min_effect, "tolerance": c.tolerance, "floor": c.floor, "family": c.family,
+                "paired": c.paired, "seeds": list(self.seeds), "alpha": self.alpha, "test": _test_name(c),
+                "multiplicity": multiplicity}
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per claim: id, text, sides, metric, direction or margin, smallest effect, floor, family,
+        pairing, seeds, level, test."""
+        return pd.DataFrame([self._row(i, c) for i, c in zip(self.ids, self.claims)], columns=list(_PLAN_COLUMNS))
+
+    def content(self) -> dict[str, Any]:
+        """What the plan fixes (and its hash covers): every field of every claim, the seeds, the level, the design."""
+        claims = [{"id": i, **dataclasses.asdict(c), "test": _test_name(c)} for i, c in zip(self.ids, self.claims)]
+        return {"experiment": self.experiment, "seeds": list(self.seeds), "alpha": self.alpha,
+                "design": self.design, "claims": claims}
+
+    @property
+    def sha256(self) -> str:
+        text = json.dumps(self.content(), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        """``claims_plan.json``: the content, its hash, the notes and the verdict rule."""
+        return {**self.content(), "sha256": self.sha256, "notes": list(self.notes), "rule": RULE}
+
+    def params(self) -> dict[str, str]:
+        """The plan as MLflow parameters: ``claims.n`` / ``.alpha`` / ``.seeds`` / ``.sha256`` and
+        ``claims.<id>.<field>`` per claim (values cut at 500 characters)."""
+        out = {"claims.n": str(len(self.claims)), "claims.alpha": str(self.alpha),
+               "claims.seeds": json.dumps(list(self.seeds)), "claims.sha256": self.sha256}
+        for i, c in zip(self.ids, self.claims):
+            row = self._row(i, c)
+            for f in _PARAM_FIELDS:
+                value = row[f]
+                out[f"claims.{i}.{f}"] = (value if isinstance(value, str) else json.dumps(value))[:_PARAM_LIMIT]
+        return out
+
+    def summary(self) -> str:
+        """One line for the notebook: how many claims, which seeds, the level, the hash, where it was logged."""
+        where = f"; logged to MLflow run {self.run_id}" if self.run_id else ""
+        notes = "".join(f"; {n}" for n in self.notes)
+        return (f"pre-registered {len(self.claims)} claims for {self.experiment} (seeds {list(self.seeds)}, "
+                f"α = {self.alpha:g}), plan sha256 {self.sha256[:12]}…{where}{notes}")
+
+    def check(self, claims: Sequence[Claim]) -> None:
+        """A :class:`PlanError` naming every claim of ``claims`` that is not in this plan as declared."""
+        known = set(self.claims)
+        missing = [c for c in claims if c not in known]
+        if missing:
+            texts = {c.text for c in self.claims}
+            why = [f"{c.text!r} ({'declared differently in the plan' if c.text in texts else 'not in the plan'})"
+                   for c in missing]
+            raise PlanError(f"{self.experiment}: judged claims were not pre-registered in plan sha256 "
+                            f"{self.sha256[:12]}…: {'; '.join(why)}. Change a plan by editing the paper module's "
+                            "claims and committing the change with its reason, then run again.")
+
+
+def _active_plan_tag() -> str:
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None:
+        return ""
+    return mlflow.get_run(active.info.run_id).data.tags.get(PLAN_TAG, "")
+
+
+def preregister(
+    claims: Sequence[Claim],
+    seeds: Sequence[int],
+    *,
+    experiment: str,
+    alpha: float = ALPHA,
+    design: str = "",
+    log: bool = True,
+) -> ClaimsPlan:
+    """Validate ``claims``, fix them with ``seeds`` as the execution's plan and log it before any training.
+
+    Refused (:class:`PlanError`, every problem listed): a claim without text,
+    sides or metric; ``expect`` not ``greater`` / ``less`` / ``equal``; an
+    ``equal`` claim without a ``tolerance`` > 0; a negative ``min_effect``; two
+    claims with one text; no seeds.  One seed is allowed, and the plan says so
+    (``notes``: no verdict possible).
+
+    ``log`` (default): onto the active MLflow run (the notebook's,
+    ``notebook.start``) -- params ``claims.*`` (:meth:`ClaimsPlan.params`), the
+    artifacts ``claims_plan.json`` and ``claims_plan.csv``, the tags
+    :data:`PLAN_TAG` (the hash) and ``claims_plan_logged_at``; and the table
+    ``results/tables/<profile>/<experiment>_claims_plan.csv``
+    (``tracking.log_table``).  Refused when a training (any run nested under the
+    active run) already exists -- unless the run already holds this very plan (a
+    resumed execution) -- and when the run holds another plan.  ``design``: one
+    line on how the trials are compared (logged with the plan).
+    """
+    seeds = tuple(int(s) for s in seeds)
+    claims = tuple(claims)
+    problems = _plan_problems(claims, seeds, alpha)
+    if problems:
+        raise PlanError(f"{experiment}: invalid claims plan:\n  " + "\n  ".join(problems))
+    notes = (ONE_SEED_NOTE,) if len(seeds) < 2 else ()
+    if not claims:
+        notes += ("no claims declared",)
+    plan = ClaimsPlan(experiment, claims, seeds, float(alpha), design, notes)
+    if not log:
+        return plan
+    return dataclasses.replace(plan, run_id=_log_plan(plan))
+
+
+def _log_plan(plan: ClaimsPlan) -> str:
+    """Log ``plan`` to the active run (see :func:`preregister`); its id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .. import tracking
+
+    active = mlflow.active_run()
+    if active is None:
+        raise PlanError(f"{plan.experiment}: no active MLflow run to pre-register the claims on; call "
+                        "notebook.start(...) first")
+    run_id = active.info.run_id
+    client = MlflowClient(tracking.configure())
+    tags = client.get_run(run_id).data.tags
+    logged = tags.get(PLAN_TAG, "")
+    if logged and logged != plan.sha256:
+        raise PlanError(f"{plan.experiment}: run {run_id} already holds another claims plan (sha256 {logged[:12]}…, "
+                        f"now {plan.sha256[:12]}…): a plan does not change within a run; start a new run")
+    if not logged:
+        children = client.search_runs([active.info.experiment_id],
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1)
+        if children:
+            raise PlanError(f"{plan.experiment}: run {run_id} already has trainings (e.g. "
+                            f"{children[0].info.run_name!r}); pre-register the claims before training starts")
+    tracking._log_params_once(plan.params())
+    mlflow.log_dict(plan.to_json(), "claims_plan.json")
+    mlflow.log_text(plan.table.to_csv(index=False), "claims_plan.csv")
+    tracking.log_table(plan.table, f"{plan.experiment}_claims_plan.csv")
+    new_tags = {PLAN_TAG: plan.sha256}
+    if PLAN_TIME_TAG not in tags:
+        new_tags[PLAN_TIME_TAG] = str(int(time.time() * 1000))
+    mlflow.set_tags(new_tags)
+    return run_id
+
+
 def judge(
     claims: Sequence[Claim],
     runs: pd.DataFrame,
     groups: Mapping[str, Sequence[float]] | None = None,
+    *,
+    plan: ClaimsPlan | None = None,
 ) -> list[Verdict]:
     """Each claim whose two sides ran, judged by :func:`~dla_repro.analysis.claims.compare`, Holm within families.
 
@@ -429,8 +676,18 @@ def judge(
     p-values of each ``family`` are adjusted together
     (:func:`~dla_repro.analysis.claims.holm`).  The per-seed values are kept in
     the verdict's ``values_a`` / ``values_b``.
+
+    With ``plan`` (a :class:`ClaimsPlan` from :func:`preregister`) every claim
+    must be one of the plan's, unchanged -- else a :class:`PlanError` before
+    anything is judged -- the plan's ``alpha`` is the level, and each verdict
+    records the plan's hash (``plan_sha256``).  :func:`judge_plan` judges exactly
+    the plan's claims.
     """
     groups = dict(groups or {})
+    alpha = ALPHA
+    if plan is not None:
+        plan.check(claims)
+        alpha = plan.alpha
     trials = set(runs["trial"]) if "trial" in runs else set()
     out: list[Verdict] = []
     for c in claims:
@@ -460,11 +717,31 @@ def judge(
             else:
                 paired = True
         v = compare(c.text, xa, xb, metric=label, names=names, expect=c.expect, min_effect=c.min_effect,
-                    tolerance=c.tolerance, floor=c.floor, paired=paired, family=c.family)
+                    tolerance=c.tolerance, floor=c.floor, paired=paired, alpha=alpha, family=c.family)
         if note:
             v = dataclasses.replace(v, note="; ".join(n for n in (v.note, note) if n))
         out.append(v)
-    return holm(out)
+    out = holm(out, alpha)
+    if plan is not None:
+        out = [dataclasses.replace(v, plan_sha256=plan.sha256) for v in out]
+    return out
+
+
+def judge_plan(
+    plan: ClaimsPlan,
+    runs: pd.DataFrame,
+    groups: Mapping[str, Sequence[float]] | None = None,
+) -> list[Verdict]:
+    """The pre-registered claims of ``plan`` judged (:func:`judge` with ``plan``), each verdict with the plan's hash.
+
+    When the active MLflow run carries a plan (tag :data:`PLAN_TAG`), it must be
+    this one: a different plan is a :class:`PlanError`.
+    """
+    logged = _active_plan_tag()
+    if logged and logged != plan.sha256:
+        raise PlanError(f"{plan.experiment}: this plan (sha256 {plan.sha256[:12]}…) is not the one pre-registered "
+                        f"on the active run (sha256 {logged[:12]}…); judge with the plan preregister() returned")
+    return judge(plan.claims, runs, groups, plan=plan)
 
 
 def _num(x: float | None, fmt: str = ".3f") -> str:

@@ -21,7 +21,8 @@ A configuration that two ablations share (A's ``full`` = B's shallow tree withou
 residual = C's 1×1 node) is trained once; the later ablation reuses its runs
 (``reused_from`` names the run's original trial).
 
-The claims (:func:`claims`, declared before training) are judged from the
+The claims (:func:`claims`, declared before training and pre-registered on the
+notebook's run by :func:`dla_repro.experiments.study.preregister`) are judged from the
 final-epoch validation top-1 of every seed by :func:`dla_repro.experiments.study.judge`
 -- reproduced, not reproduced, or inconclusive at this budget.
 """
@@ -326,15 +327,18 @@ def residual_floor_note(runs: pd.DataFrame, metric: str, floor: float | None) ->
 
 
 def judge_claims(results: Results, spec: ModelSpec, metric: str = METRIC,
-                 floor: float | None = None) -> list[tuple[Claim, Verdict]]:
+                 floor: float | None = None, plan: study.ClaimsPlan | None = None) -> list[tuple[Claim, Verdict]]:
     """Each claim of :func:`claims` whose trials ran, with its verdict (Holm within each ablation).
 
     The residual gains are differences, so ``floor`` applies to the four trees behind them.
+    ``plan`` (:func:`dla_repro.experiments.study.preregister` of :func:`claims`): the
+    claims must be the pre-registered ones (else ``study.PlanError``) and each
+    verdict records the plan's hash.
     """
     declared = {c.text: c for c in claims(spec, floor, metric)}
     gains, _ = _residual_gains(results.runs, metric)
     judged = []
-    for v in study.judge(list(declared.values()), results.runs, gains):
+    for v in study.judge(list(declared.values()), results.runs, gains, plan=plan):
         if v.a == "deep gain":
             note = residual_floor_note(results.runs, metric, floor)
             if note:
