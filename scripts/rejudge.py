@@ -5,7 +5,10 @@
     python scripts/rejudge.py --profile paper --dry-run
     python scripts/rejudge.py --results results/parsenet_extended
 
-The per-seed values are the tables' own (``values_a`` / ``values_b``); what each
+The per-seed values are the tables' own (``values_a`` / ``values_b``) or, for a
+table written before they were kept, the runs table beside it
+(``<experiment>_runs.csv``; a claim it cannot give back is kept, marked
+"not re-judged", with the reason in ``note``); what each
 claim is (expect, min_effect, tolerance, floor, family, paired) comes from the
 paper modules with the parameters the notebooks ran with
 (:mod:`dla_repro.experiments.rejudge`).  Prints every verdict that changed, with
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, (old, new) in tables.items():
         if new is None:
-            print(f"{name}: no per-seed values in the table, left as it is")
+            print(f"{name}: no per-seed values in the table and no runs table beside it, left as it is")
             continue
         rows = zip(old.to_dict("records"), new.to_dict("records"))
         changed = [(o, n) for o, n in rows if o["verdict"] != n["verdict"]]

@@ -8,11 +8,12 @@ import math
 import pandas as pd
 import pytest
 
-from dla_repro.analysis.claims import REPRODUCED, claims_table
+from dla_repro.analysis.claims import REPRODUCED, claims_table, compare
 from dla_repro.analysis.report import collect_claims
 from dla_repro.experiments import study
+from dla_repro.experiments.dla import classification as exp
 from dla_repro.experiments.parsenet import global_context as pn
-from dla_repro.experiments.rejudge import rejudge, rejudge_table
+from dla_repro.experiments.rejudge import NOT_REJUDGED, rejudge, rejudge_from_runs, rejudge_table, runs_groups
 from dla_repro.paths import repo_root, results_dir
 
 OLD_COLUMNS = ["claim", "metric", "a", "b", "mean_a", "mean_b", "delta", "se", "n_a", "n_b", "expect", "verdict",
@@ -78,3 +79,74 @@ def test_the_committed_quick_tables_are_what_the_current_rule_says():
         for col in ("p", "p_adjusted", "ci_low", "ci_high", "mde"):
             for x, y in zip(old[col], new[col]):
                 assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-12), (name, col)
+
+
+def _without_values(table: pd.DataFrame) -> pd.DataFrame:
+    """A claims table as the old rule wrote it before per-seed values were kept: its own verdicts, no values."""
+    old = table[[c for c in OLD_COLUMNS if c not in ("values_a", "values_b")]].copy()
+    old["verdict"] = REPRODUCED
+    return old
+
+
+def test_a_table_without_per_seed_values_is_rejudged_from_the_runs_table_beside_it():
+    tables = results_dir() / "tables" / "quick"
+    tables.mkdir(parents=True)
+    runs = _runs()
+    _without_values(claims_table(study.judge(pn.claims(0.05), runs))).to_csv(tables / "parsenet_claims.csv",
+                                                                                index=False)
+    runs.iloc[::-1].to_csv(tables / "parsenet_runs.csv", index=False)  # rows out of seed order
+    manifest = {"notebooks": {"parsenet": {"parameters": {"profile": "quick", "equal_tolerance": 0.05}}}}
+    (results_dir() / "manifest_quick.json").write_text(json.dumps(manifest))
+
+    old, new = rejudge(results_dir(), "quick")["parsenet"]
+    assert "values_a" not in old
+    pd.testing.assert_frame_equal(new, claims_table(study.judge(pn.claims(0.05), runs)))
+    # the same verdict as judging the per-seed values directly, seeds in increasing order
+    row = new[new["claim"] == "early fusion needs normalisation"].iloc[0]
+    direct = compare(row["claim"], [0.40, 0.41, 0.39], [0.20, 0.21, 0.19], metric="eval_miou",
+                     names=("early_l2", "early"), min_effect=pn.MIN_EFFECT)
+    assert (row["verdict"], row["p"]) == (direct.verdict, pytest.approx(direct.p))
+    assert (row["values_a"], row["values_b"]) == ((0.40, 0.41, 0.39), (0.20, 0.21, 0.19))  # seeds 0, 1, 2
+    assert REPRODUCED != new["verdict"].iloc[1]  # the old verdicts are not kept
+    assert list(pd.read_csv(tables / "parsenet_claims.csv")["verdict"]) == list(new["verdict"])  # written
+
+
+def test_a_claim_the_runs_table_cannot_give_back_is_kept_and_marked_not_rejudged():
+    runs = _runs()
+    old = _without_values(claims_table(study.judge(pn.claims(0.05), runs)))
+    old.insert(0, "paper", "ParseNet")
+    missing = "global context helps the context classes (their mIoU)"
+    new = rejudge_from_runs(old, pn.claims(0.05), runs.drop(columns="eval_miou_context"),
+                            source="parsenet_runs.csv")
+    assert list(new["claim"]) == list(old["claim"]) and (new["paper"] == "ParseNet").all()
+    kept = new[new["claim"] == missing].iloc[0]
+    assert kept["verdict"] == NOT_REJUDGED and math.isnan(kept["p"])
+    assert kept["note"].startswith(f"{NOT_REJUDGED}: parsenet_runs.csv has no column eval_miou_context")
+    assert "old rule said: reproduced" in kept["note"]
+    assert kept["mean_a"] == old.loc[old["claim"] == missing, "mean_a"].iloc[0]  # its old numbers stay
+    others = new[new["claim"] != missing].reset_index(drop=True)
+    expected = claims_table(study.judge(pn.claims(0.05), runs.drop(columns="eval_miou_context")))
+    assert list(others["verdict"]) == list(expected["verdict"])
+    # values the table did not count (another runs table) are not judged either
+    other_runs = runs[~((runs["trial"] == "fcn") & (runs["seed"] == 2))]
+    counted = rejudge_from_runs(old, pn.claims(0.05), other_runs)
+    assert (counted.loc[counted["b"] == "fcn", "verdict"] == NOT_REJUDGED).all()
+    assert (counted.loc[counted["b"] != "fcn", "verdict"] != NOT_REJUDGED).all()
+
+
+def test_classification_from_runs_is_judge_claims_with_its_residual_gains_and_floor():
+    spec = exp.ModelSpec("dla34", 10, (8, 8, 16, 24, 48, 96), (1, 1, 1, 2, 4, 1))
+    top1 = {"agg=full": [0.6, 0.62, 0.64], "agg=none": [0.5, 0.55, 0.5], "agg=ida": [0.58, 0.6, 0.61],
+            "agg=hda": [0.5, 0.52, 0.49], "deep/residual=on": [0.5, 0.52, 0.55],
+            "deep/residual=off": [0.4, 0.45, 0.41], "shallow/residual=on": [0.6, 0.58, 0.63],
+            "shallow/residual=off": [0.6, 0.62, 0.64], "kernel=1x1": [0.6, 0.62, 0.64],
+            "kernel=3x3": [0.61, 0.62, 0.63]}
+    runs = pd.DataFrame([{"trial": t, "seed": s, exp.METRIC: v} for t, vs in top1.items()
+                         for s, v in reversed(list(enumerate(vs)))])  # rows out of seed order
+    floor = exp.learned_floor(10)
+    expected = exp.claims_frame(exp.judge_claims(exp.Results(runs=runs), spec, floor=floor))
+    old = _without_values(expected).assign(ablation=expected["ablation"], paper=expected["paper"])
+    old = old[["ablation", "paper", *[c for c in old.columns if c not in ("ablation", "paper")]]]
+    new = rejudge_from_runs(old, exp.claims(spec, floor), runs, runs_groups("dla_classification", runs))
+    pd.testing.assert_frame_equal(new, expected)
+

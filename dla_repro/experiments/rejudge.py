@@ -15,8 +15,18 @@ declare (or declares with other sides) is an error, not a guess.
 
 Only a table that recorded the pairing (a ``paired`` column) is re-judged as
 paired; a claim declared ``paired`` over an older table falls back to Welch and
-says so.  Claims tables without per-seed values (written before they were
-kept) cannot be re-judged: :func:`rejudge` names them and leaves them alone.
+says so.
+
+Claims tables without per-seed values (written before they were kept) are
+re-judged from the runs table beside them (``<experiment>_runs.csv``: one row
+per trial and seed) by :func:`rejudge_from_runs`: each claim's sides are taken
+from the runs as the notebook takes them (:func:`dla_repro.experiments.study.judge`,
+with the groups the notebook derives from the runs, e.g. the classification's
+per-seed residual gains).  A claim the runs table cannot give back -- a side
+that is no trial of it, a metric it lacks, or values whose count or means differ
+from the table's -- keeps its row with the verdict :data:`NOT_REJUDGED` and a
+``note`` saying why; nothing is guessed.  A table with neither per-seed values
+nor a runs table is named and left alone.
 """
 
 from __future__ import annotations
@@ -24,21 +34,27 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare, holm
 from ..paths import repo_root
+from . import study
 from .study import Claim, undefined_verdict
 
-__all__ = ["SUFFIX", "notebook_parameters_at", "declared_claims", "rejudge_table", "rejudge"]
+__all__ = ["SUFFIX", "RUNS_SUFFIX", "NOT_REJUDGED", "notebook_parameters_at", "declared_claims", "runs_groups",
+           "rejudge_table", "rejudge_from_runs", "rejudge"]
 
 SUFFIX = "_claims.csv"
+RUNS_SUFFIX = "_runs.csv"  # the per-(trial, seed) table beside a claims table
+NOT_REJUDGED = "not re-judged"  # the verdict of a row the runs table cannot re-derive (``note`` says why)
 _FIELDS = [f.name for f in dataclasses.fields(Verdict)]
 
 Post = Callable[[Verdict], Verdict]
@@ -156,6 +172,26 @@ def declared_claims(name: str, params: Mapping[str, Any], tables: Path,
     return DECLARED[name](params, tables, table)
 
 
+def _classification_groups(runs: pd.DataFrame) -> dict[str, list[float]]:
+    from .dla import classification as exp
+
+    gains, _ = exp._residual_gains(runs, exp.METRIC)  # as judge_claims: the per-seed residual gains
+    return gains
+
+
+# The groups (sides that are not trials) a notebook hands to ``study.judge`` that it derives from its runs table.
+# Groups measured elsewhere (a calibration baseline, the no-learning edge maps) are not here: a claim on them
+# is not re-judged from the runs.
+GROUPS: dict[str, Callable[[pd.DataFrame], dict[str, list[float]]]] = {
+    "dla_classification": _classification_groups,
+}
+
+
+def runs_groups(name: str, runs: pd.DataFrame) -> dict[str, list[float]]:
+    """The groups of values notebook ``name`` derives from its runs table for :func:`study.judge` (often none)."""
+    return dict(GROUPS[name](runs)) if name in GROUPS else {}
+
+
 # --------------------------------------------------------------------------- judging
 def _values(cell: Any) -> tuple[float, ...]:
     """Per-seed values as a table holds them: a tuple in memory, its text ``"(0.1, 0.2)"`` in a CSV."""
@@ -202,6 +238,89 @@ def rejudge_table(table: pd.DataFrame, claims: Sequence[Claim], post: Post = _sa
     return out
 
 
+def _label(c: Claim) -> str:
+    return c.label or (c.metric if isinstance(c.metric, str) else ", ".join(c.metric))
+
+
+def _same_number(x: Any, y: float) -> bool:
+    x = float(x)
+    return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _why_not_from_runs(row: Mapping[str, Any], c: Claim, runs: pd.DataFrame,
+                       groups: Mapping[str, Sequence[float]], source: str) -> str:
+    """Why ``row`` cannot be re-derived from ``runs`` ("" when it can): missing sides, metric, or other values."""
+    trials = set(runs["trial"].astype(str)) if "trial" in runs else set()
+    for side, n, mean in ((c.a, row["n_a"], row["mean_a"]), (c.b, row["n_b"], row["mean_b"])):
+        if side in groups:
+            xs = [float(v) for v in groups[side]]
+        elif "trial" not in runs:
+            return f"{source} has no trial column"
+        elif side not in trials:
+            return f"{side!r} is not a trial of {source}"
+        elif not study._has(runs, c.metric):
+            missing = [m for m in ([c.metric] if isinstance(c.metric, str) else c.metric) if m not in runs]
+            return f"{source} has no column {', '.join(missing)}"
+        else:
+            xs = study._values(runs, side, c.metric)
+        if len(xs) != int(n):
+            return f"{source} gives {len(xs)} finite values of {side!r}, the table counted {int(n)}"
+        if not _same_number(mean, float(np.mean(xs)) if xs else math.nan):
+            return f"the mean of {side!r} in {source} is not the table's ({mean})"
+    return ""
+
+
+def rejudge_from_runs(table: pd.DataFrame, claims: Sequence[Claim], runs: pd.DataFrame,
+                      groups: Mapping[str, Sequence[float]] | None = None, post: Post = _same, *,
+                      source: str = "the runs table") -> pd.DataFrame:
+    """``table`` (a claims table without per-seed values) judged again from ``runs`` (one row per trial and seed).
+
+    Each row's claim must be declared in ``claims`` with the same sides and metric
+    label (else ``KeyError`` / ``ValueError``, as :func:`rejudge_table`).  The
+    re-derivable claims are judged together by :func:`study.judge` (seeds in
+    increasing order, paired by seed when declared and the seeds agree, Holm
+    within each family among them) with ``groups`` for the sides that are not
+    trials, then ``post``.  The others keep their row with verdict
+    :data:`NOT_REJUDGED`, their old numbers and a ``note`` saying why.  Rows stay
+    in the table's order; extra leading columns are kept.
+    """
+    groups = dict(groups or {})
+    declared = {c.text: c for c in claims}
+    rows = table.to_dict("records")
+    why: dict[str, str] = {}
+    for row in rows:
+        c = declared.get(row["claim"])
+        if c is None:
+            raise KeyError(f"claim {row['claim']!r} is not declared by the paper module with these parameters")
+        names = (str(row["a"]), str(row["b"]))
+        if names != (c.labels or (c.a, c.b)):
+            raise ValueError(f"claim {c.text!r}: the table compares {names}, the module declares "
+                             f"{c.labels or (c.a, c.b)}")
+        if str(row["metric"]) != _label(c):
+            raise ValueError(f"claim {c.text!r}: the table's metric is {row['metric']!r}, the module's {_label(c)!r}")
+        why[c.text] = _why_not_from_runs(row, c, runs, groups, source)
+    judgeable = [declared[row["claim"]] for row in rows if not why[row["claim"]]]
+    judged = {v.claim: post(v) for v in study.judge(judgeable, runs, groups)} if judgeable else {}
+    verdicts = []
+    for row in rows:
+        c = declared[row["claim"]]
+        if c.text in judged:
+            verdicts.append(judged[c.text])
+            continue
+        reason = why[c.text] or "study.judge found no values for it"
+        old = row.get("verdict")
+        note = f"{NOT_REJUDGED}: {reason}" + (f" (the old rule said: {old})" if isinstance(old, str) and old else "")
+        verdicts.append(Verdict(c.text, str(row["metric"]), str(row["a"]), str(row["b"]), float(row["mean_a"]),
+                                float(row["mean_b"]), float(row["delta"]), float(row.get("se", math.nan)),
+                                int(row["n_a"]), int(row["n_b"]), c.expect, NOT_REJUDGED, note=note,
+                                min_effect=c.min_effect, tolerance=c.tolerance, family=c.family))
+    out = claims_table(verdicts)
+    extra = [col for col in table.columns if col not in _FIELDS]
+    for i, col in enumerate(extra):
+        out.insert(i, col, table[col].to_numpy())
+    return out
+
+
 def _manifest(results: Path, profile: str) -> dict[str, Any]:
     path = Path(results) / f"manifest_{profile}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -210,8 +329,10 @@ def _manifest(results: Path, profile: str) -> dict[str, Any]:
 def rejudge(results: Path, profile: str, *, write: bool = True) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Every ``*_claims.csv`` of ``results/tables/<profile>`` judged again: ``{name: (old, new)}``.
 
-    ``write``: replace the tables by the new ones.  Tables without per-seed
-    values are reported as ``(old, None)`` and left alone.
+    ``write``: replace the tables by the new ones.  A table without per-seed
+    values is re-judged from ``<name>_runs.csv`` in the same folder
+    (:func:`rejudge_from_runs`); without that either, it is reported as
+    ``(old, None)`` and left alone.
     """
     folder = Path(results) / "tables" / profile
     paths = sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
@@ -222,11 +343,17 @@ def rejudge(results: Path, profile: str, *, write: bool = True) -> dict[str, tup
     for path in paths:
         name = path.name[: -len(SUFFIX)]
         old = pd.read_csv(path)
-        if "values_a" not in old or "values_b" not in old:
+        runs_path = folder / f"{name}{RUNS_SUFFIX}"
+        per_seed = "values_a" in old and "values_b" in old
+        if not per_seed and not runs_path.is_file():
             out[name] = (old, None)
             continue
         claims, post = declared_claims(name, _parameters(name, profile, manifest), folder, old)
-        new = rejudge_table(old, claims, post)
+        if per_seed:
+            new = rejudge_table(old, claims, post)
+        else:
+            runs = pd.read_csv(runs_path)
+            new = rejudge_from_runs(old, claims, runs, runs_groups(name, runs), post, source=runs_path.name)
         if write:
             new.to_csv(path, index=False)
         out[name] = (old, new)
