@@ -231,7 +231,8 @@ def rejudge_table(table: pd.DataFrame, claims: Sequence[Claim], post: Post = _sa
         verdicts.append(v)
     out = claims_table([post(v) for v in holm(verdicts)])
     if "plan_sha256" in table:  # the plan the claims were pre-registered under: the rule changed, not the plan
-        out["plan_sha256"] = table["plan_sha256"].fillna("").astype(str).to_numpy()
+        plan = table["plan_sha256"].astype(object)  # an all-empty column reads back from a CSV as float NaN
+        out["plan_sha256"] = plan.where(plan.notna(), "").astype(str).to_numpy()
     extra = [col for col in table.columns if col not in _FIELDS]
     for i, col in enumerate(extra):
         out.insert(i, col, table[col].to_numpy())
