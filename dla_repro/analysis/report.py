@@ -50,8 +50,14 @@ VERDICT_COLOURS = {REPRODUCED: "#1b9e77", NOT_REPRODUCED: "#d95f02", INCONCLUSIV
 
 
 def _order(manifest: Mapping[str, Any]) -> list[str]:
-    """Notebook names in the order the last pipeline run executed them."""
-    return list(manifest.get("last_run", {}).get("notebooks", [])) if manifest else []
+    """Notebook names in pipeline order (``notebooks/pipeline.yaml``), else in the order the last
+    pipeline run executed them (which may have been a single notebook's rerun)."""
+    try:
+        from ..pipeline import load_pipeline
+
+        return [spec.name for spec in load_pipeline().notebooks]
+    except Exception:  # no pipeline file next to an installed package: the manifest's order
+        return list(manifest.get("last_run", {}).get("notebooks", [])) if manifest else []
 
 
 def load_manifest(results: Path, profile: str) -> dict[str, Any]:
@@ -368,7 +374,9 @@ def report_markdown(claims: pd.DataFrame, profile: str, manifest: Mapping[str, A
         commits = sorted({e.get("git_commit", "?")[:12] + (" (uncommitted changes)" if str(e.get("git_dirty"))
                                                            .lower() == "true" else "") for e in entries.values()})
         lines.append(f"| git commit | {', '.join(commits)} |")
-        wall = manifest.get("last_run", {}).get("wall_seconds")
+        last = manifest.get("last_run", {})
+        # the pipeline's wall time only when its last run covered every notebook shown here
+        wall = last.get("wall_seconds") if set(entries) <= set(last.get("notebooks", [])) else None
         per = ", ".join(f"{nb} {float(e.get('wall_seconds') or 0):.0f} s" for nb, e in entries.items())
         lines.append(f"| wall time | {f'{float(wall):.0f} s for the pipeline; ' if wall else ''}{per} |")
         env = manifest.get("environment", {})
