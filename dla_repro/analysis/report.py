@@ -50,14 +50,17 @@ VERDICT_COLOURS = {REPRODUCED: "#1b9e77", NOT_REPRODUCED: "#d95f02", INCONCLUSIV
 
 
 def _order(manifest: Mapping[str, Any]) -> list[str]:
-    """Notebook names in pipeline order (``notebooks/pipeline.yaml``), else in the order the last
-    pipeline run executed them (which may have been a single notebook's rerun)."""
-    try:
-        from ..pipeline import load_pipeline
+    """Notebook names in pipeline order (the ``notebooks`` list of ``notebooks/pipeline.yaml``), else in
+    the order the last pipeline run executed them (which may have been a single notebook's rerun)."""
+    import yaml
 
-        return [spec.name for spec in load_pipeline().notebooks]
-    except Exception:  # no pipeline file next to an installed package: the manifest's order
-        return list(manifest.get("last_run", {}).get("notebooks", [])) if manifest else []
+    from ..paths import notebooks_dir
+
+    path = notebooks_dir() / "pipeline.yaml"
+    if path.is_file():
+        entries = (yaml.safe_load(path.read_text()) or {}).get("notebooks") or []
+        return [entry["name"] for entry in entries if "name" in entry]
+    return list(manifest.get("last_run", {}).get("notebooks", [])) if manifest else []
 
 
 def load_manifest(results: Path, profile: str) -> dict[str, Any]:
