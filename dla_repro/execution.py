@@ -18,7 +18,6 @@ executions can share.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -121,14 +120,10 @@ class ProgressTail:
 @contextlib.contextmanager
 def results_lock() -> Iterator[None]:
     """Exclusive lock over ``results/`` writes (promotion, manifest) across processes."""
-    path = results_dir() / WORK / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    from .tracking import _file_lock  # the same flock the MLflow store's creation uses
+
+    with _file_lock(results_dir() / WORK / "lock"):
+        yield
 
 
 def staging_dir(key: str) -> Path:
