@@ -450,6 +450,7 @@ def _execute(job: Job, echo: Callable[[str], None] | None = None) -> JobResult:
     log = logs_dir() / job.profile / f"{job.name}-{run_id[:8]}.log"
     progress_file = log.with_suffix(".progress")
     status, error = OK, ""
+    _asyncio_messages_to(log)
     with _environment(_kernel_env(job, run_id, staging, progress_file)), \
             ProgressTail(progress_file, echo, prefix=f"    [{job.name}] "):
         try:
@@ -498,6 +499,24 @@ def _execute(job: Job, echo: Callable[[str], None] | None = None) -> JobResult:
                            _shown(log), resumed, kept)
         record(job, result)
     return result
+
+
+def _asyncio_messages_to(log: Path) -> None:
+    """Send the ``asyncio`` logger's messages to ``log`` only, not to the terminal.
+
+    When Ctrl-C stops papermill, jupyter_client's pending tasks end with ``DeadKernelError``;
+    asyncio reports them ("Task exception was never retrieved", with a traceback) whenever they
+    are garbage-collected -- possibly after the console is restored. They belong in the
+    execution's log, not on the one-line interrupt report.
+    """
+    logger = logging.getLogger("asyncio")
+    for handler in [h for h in logger.handlers if getattr(h, "_dla_repro", False)]:
+        logger.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(log, delay=True)
+    handler._dla_repro = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def _kernel_died(exc: BaseException) -> bool:

@@ -49,30 +49,28 @@ class Command:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 240) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _lines(self, wait: float, until: float):
+        """The output's next lines as they come, until it ends or the monotonic clock passes ``until``."""
+        while time.monotonic() < until:
             try:
-                line = self._queue.get(timeout=1)
+                line = self._queue.get(timeout=wait)
             except queue.Empty:
                 continue
             if line is None:
-                break
+                return
             self.lines.append(line)
+            yield line
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> str:
+        for line in self._lines(wait=1, until=time.monotonic() + timeout):
             if re.search(pattern, line):
                 return line
         pytest.fail(f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.lines))
 
     def finish(self, timeout: float = 300) -> tuple[int, str]:
         code = self.proc.wait(timeout=timeout)
-        while True:
-            try:
-                line = self._queue.get(timeout=5)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
+        for _ in self._lines(wait=1, until=time.monotonic() + 10):
+            pass
         return code, "\n".join(self.lines)
 
 
@@ -201,6 +199,29 @@ def test_failing_line_is_the_line_that_raised_not_the_last_line():
 
     assert pipeline.failing_line(Err()) == " line 2 `fit(model)`"
     assert pipeline.failing_line(object()) == ""
+
+
+def test_asyncio_reports_after_an_interrupt_go_to_the_log_not_the_terminal(tmp_path, capfd):
+    """What asyncio logs when papermill's pending tasks die with the kernel stays off the one-line report."""
+    import logging
+
+    logger = logging.getLogger("asyncio")
+    saved = logger.handlers[:], logger.propagate
+    try:
+        pipeline._asyncio_messages_to(tmp_path / "first.log")
+        pipeline._asyncio_messages_to(tmp_path / "second.log")  # the next execution's log replaces it
+        logger.error("Task exception was never retrieved")
+        for handler in logger.handlers:
+            handler.flush()
+        assert "never retrieved" not in capfd.readouterr().err
+        assert "never retrieved" in (tmp_path / "second.log").read_text()
+        assert not (tmp_path / "first.log").exists()
+    finally:
+        for handler in logger.handlers[:]:
+            if handler not in saved[0]:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.propagate = saved[1]
 
 
 def test_dead_kernel_is_recognised():
