@@ -76,8 +76,8 @@ def _runs(values: dict[str, list[float]], ctx: dict[str, list[float]] | None = N
 
 def test_claims_follow_the_measured_spreads():
     runs = _runs(
-        {"fcn": [0.30, 0.31, 0.29], "early": [0.20, 0.21, 0.19], "early_l2": [0.40, 0.41, 0.39],
-         "late_l2": [0.405, 0.395, 0.40]},
+        {"fcn": [0.30, 0.32, 0.29], "early": [0.20, 0.22, 0.19], "early_l2": [0.40, 0.41, 0.39],
+         "late_l2": [0.404, 0.413, 0.395]},  # paired by seed: the per-seed differences vary a little
         ctx={"fcn": [0.4, 0.45, 0.5], "early": [0.3] * 3, "early_l2": [float("nan")] * 3, "late_l2": [0.1] * 3},
     )
     verdicts = {v.claim: v for v in study.judge(pn.claims(equal_tolerance=0.02), runs)}
@@ -89,20 +89,20 @@ def test_claims_follow_the_measured_spreads():
     assert ctx.verdict == INCONCLUSIVE and ctx.n_a == 0 and "undefined for early_l2" in ctx.note
     assert ctx.mean_b == pytest.approx(0.45)  # the side that was measured is still reported
     # a consistent but tiny gain (below one mIoU point) is not called a result: the data exclude a one-point gain
-    tiny = study.judge(pn.CLAIMS, _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}))
+    tiny = study.judge(pn.CLAIMS, _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.306, 0.305]}))
     assert tiny[0].verdict == NOT_REPRODUCED and "effects of 0.01 or more are excluded" in tiny[0].reading
     assert study.judge(pn.claims(min_effect=0.0),
-                       _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.305, 0.306]}))[0].verdict == REPRODUCED
+                       _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.306, 0.305]}))[0].verdict == REPRODUCED
     # trials that were not run: claim left out
     assert "late fusion needs normalisation" not in verdicts
     assert "a learned scale γ beats a fixed one" not in verdicts
-    flipped = study.judge(pn.CLAIMS, _runs({"fcn": [0.5, 0.51, 0.49], "early_l2": [0.3, 0.31, 0.29]}))
+    flipped = study.judge(pn.CLAIMS, _runs({"fcn": [0.5, 0.51, 0.49], "early_l2": [0.3, 0.32, 0.29]}))
     assert flipped[0].verdict == NOT_REPRODUCED
     table = study.claims_markdown(list(verdicts.values()))
     assert table.count("\n") == len(verdicts) + 1 + 2 and "n/a" in table  # + the rule below the table
     summary = pn.summarize(runs)
     assert list(summary["trial"]) == ["fcn", "early", "early_l2", "late_l2"]
-    assert summary.loc[0, "eval_miou_mean"] == pytest.approx(0.30)
+    assert summary.loc[0, "eval_miou_mean"] == pytest.approx((0.30 + 0.32 + 0.29) / 3)
     # the figure marks the trial whose context error is undefined instead of leaving a silent gap
     fig = pn.plot_ablation(runs)
     ctx_ax = [ax for ax in fig.axes if ax.get_title().startswith("context error")][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -45,8 +46,13 @@ def test_rejudge_gives_what_judge_gives_today_with_the_parameters_the_run_record
     (results_dir() / "manifest_quick.json").write_text(json.dumps(manifest))
 
     out = rejudge(results_dir(), "quick")
-    expected = claims_table(study.judge(pn.claims(equal_tolerance=0.05), _runs()))
-    pd.testing.assert_frame_equal(out["parsenet"][1], expected)
+    # the old table does not record that both sides ran the same seeds: Welch's test, and the note says so
+    unpaired = [dataclasses.replace(c, paired=False) for c in pn.claims(equal_tolerance=0.05)]
+    expected = claims_table(study.judge(unpaired, _runs()))
+    got = out["parsenet"][1]
+    pd.testing.assert_frame_equal(got.drop(columns="note"), expected.drop(columns="note"))
+    two_sided = got["n_a"].gt(0) & got["n_b"].gt(0)
+    assert got.loc[two_sided, "note"].str.contains("not paired: the table does not record").all()
     assert out["other"][1] is None  # no per-seed values: left alone
     written = collect_claims(results_dir(), "quick")
     parsenet = written[written["notebook"] == "parsenet"]
@@ -104,7 +110,7 @@ def test_a_table_without_per_seed_values_is_rejudged_from_the_runs_table_beside_
     # the same verdict as judging the per-seed values directly, seeds in increasing order
     row = new[new["claim"] == "early fusion needs normalisation"].iloc[0]
     direct = compare(row["claim"], [0.40, 0.41, 0.39], [0.20, 0.21, 0.19], metric="eval_miou",
-                     names=("early_l2", "early"), min_effect=pn.MIN_EFFECT)
+                     names=("early_l2", "early"), min_effect=pn.MIN_EFFECT, paired=True)  # the seeds agree
     assert (row["verdict"], row["p"]) == (direct.verdict, pytest.approx(direct.p))
     assert (row["values_a"], row["values_b"]) == ((0.40, 0.41, 0.39), (0.20, 0.21, 0.19))  # seeds 0, 1, 2
     assert REPRODUCED != new["verdict"].iloc[1]  # the old verdicts are not kept

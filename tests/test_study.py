@@ -128,36 +128,42 @@ def test_judge_applies_the_shared_rule_and_keeps_per_seed_values():
     assert v.values_a == pytest.approx((0.4, 0.7)) and v.metric == "IoU(x, y)"
 
 
-def test_judge_pairs_by_seed_only_when_declared_and_possible():
+def test_judge_pairs_by_seed_by_default_and_only_when_possible():
     # a seed effect both trials share: the paired test sees the per-seed gain, Welch's does not
     runs = _runs({"a": [0.61, 0.58, 0.66, 0.60], "b": [0.57, 0.55, 0.63, 0.58]})
-    paired, welch = study.judge([Claim("a beats b", "a", "b", "m", paired=True),
-                                 Claim("a beats b, unpaired", "a", "b", "m")], runs)
+    paired, welch = study.judge([Claim("a beats b", "a", "b", "m"),
+                                 Claim("a beats b, unpaired", "a", "b", "m", paired=False)], runs)
     assert paired.paired and paired.test == "paired t one-sided" and paired.df == 3 and paired.verdict == REPRODUCED
     assert not welch.paired and welch.test == "welch one-sided" and welch.verdict == INCONCLUSIVE
-    # other seeds on one side, or a group: Welch, and the note says why
+    # other seeds on one side, or a group without seeds: Welch, and the note says why
     shifted = runs.assign(seed=[0, 1, 2, 3, 0, 1, 2, 5])
-    (v,) = study.judge([Claim("a beats b", "a", "b", "m", paired=True)], shifted)
+    (v,) = study.judge([Claim("a beats b", "a", "b", "m")], shifted)
     assert not v.paired and "seeds differ ([0, 1, 2, 3] vs [0, 1, 2, 5]" in v.note and v.test == "welch one-sided"
-    (g,) = study.judge([Claim("a beats base", "a", "base", "m", paired=True)], runs, {"base": [0.5] * 4})
-    assert not g.paired and "not a trial" in g.note
+    (g,) = study.judge([Claim("a beats base", "a", "base", "m")], runs, {"base": [0.5] * 4})
+    assert not g.paired and "no seeds" in g.note
+    # a group keyed by seed (values derived per seed from the runs) pairs with a trial, in seed order
+    gain = {3: 0.02, 1: 0.03, 0: 0.04, 2: 0.03}
+    (k,) = study.judge([Claim("a beats its gain", "a", "gain", "m")], runs, {"gain": pd.Series(gain)})
+    assert k.paired and k.values_b == pytest.approx((0.04, 0.03, 0.03, 0.02)) and not k.note
+    (k2,) = study.judge([Claim("a beats its gain", "a", "gain", "m")], runs, {"gain": gain})
+    assert k2.p == pytest.approx(k.p) and k2.df == 3
 
 
 def test_judge_adjusts_the_p_values_of_a_family_together():
     runs = _runs({"a": [0.50, 0.56, 0.53], "b": [0.47, 0.50, 0.46]})  # one-sided p 0.036
-    alone = study.judge([Claim("a beats b", "a", "b", "m")], runs)
+    alone = study.judge([Claim("a beats b", "a", "b", "m", paired=False)], runs)
     assert alone[0].verdict == REPRODUCED and alone[0].p_adjusted == pytest.approx(0.0361, abs=1e-4)
-    both = study.judge([Claim("a beats b", "a", "b", "m", family="F"),
-                        Claim("a beats b again", "a", "b", "m", family="F"),
-                        Claim("a beats b, own family", "a", "b", "m")], runs)
+    both = study.judge([Claim("a beats b", "a", "b", "m", family="F", paired=False),
+                        Claim("a beats b again", "a", "b", "m", family="F", paired=False),
+                        Claim("a beats b, own family", "a", "b", "m", paired=False)], runs)
     assert [v.verdict for v in both] == [INCONCLUSIVE, INCONCLUSIVE, REPRODUCED]
     assert [v.p_adjusted for v in both] == pytest.approx([0.0723, 0.0723, 0.0361], abs=1e-4)
     assert "Holm" in study.claims_markdown(both).splitlines()[2]
 
 
 def test_claims_markdown_is_one_table_with_optional_statements():
-    verdicts = study.judge([Claim("a beats b", "a", "b", "m"), Claim("a ≈ b", "a", "b", "m", expect="equal",
-                                                                      tolerance=0.5)],
+    verdicts = study.judge([Claim("a beats b", "a", "b", "m", paired=False),
+                            Claim("a ≈ b", "a", "b", "m", expect="equal", tolerance=0.5)],
                            _runs({"a": [0.5, 0.6], "b": [0.1, 0.2]}))
     text = study.claims_markdown(verdicts, footer="rule")
     lines = text.splitlines()
@@ -165,6 +171,7 @@ def test_claims_markdown_is_one_table_with_optional_statements():
     assert lines[0].startswith("| claim |") and len(lines) == 2 + 2 + 2 + 2 and lines[-1] == "rule"
     assert lines[5] == RULE and len(study.claims_markdown(verdicts, rule=False).splitlines()) == 4
     assert "**reproduced**" in lines[2] and "+0.400 [" in lines[2] and "| Welch |" in lines[2]
+    assert "| TOST ±0.5, paired |" in lines[3]
     with_paper = study.claims_markdown(verdicts, ["the paper says so", "and this"])
     assert with_paper.splitlines()[0].startswith("| paper | claim |")
     assert with_paper.splitlines()[2].startswith("| the paper says so | a beats b |")
@@ -178,7 +185,7 @@ def test_preregister_logs_the_plan_on_the_notebook_run_before_any_training():
     from dla_repro import tracking
     from dla_repro.paths import results_dir
 
-    claims = [Claim("wide beats narrow", "wide", "narrow", "mean_logit", min_effect=0.01, family="F"),
+    claims = [Claim("wide beats narrow", "wide", "narrow", "mean_logit", min_effect=0.01, family="F", paired=False),
               Claim("wide ≈ narrow", "wide", "narrow", "mean_logit", expect="equal", tolerance=0.5, family="F")]
     run = tracking.start_notebook_run("toy_prereg", {"epochs": 1}, profile="smoke")
     try:
@@ -193,7 +200,7 @@ def test_preregister_logs_the_plan_on_the_notebook_run_before_any_training():
         content = json.loads(Path(saved).read_text())
         assert content["sha256"] == plan.sha256 and [c["text"] for c in content["claims"]] == [c.text for c in claims]
         table = pd.read_csv(results_dir() / "tables" / "smoke" / "toy_prereg_claims_plan.csv")
-        assert list(table["id"]) == ["c1", "c2"] and list(table["test"]) == ["one-sided Welch t", "TOST ±0.5, Welch t"]
+        assert list(table["id"]) == ["c1", "c2"] and list(table["test"]) == ["one-sided Welch t", "TOST ±0.5, paired t by seed"]
         assert (table["multiplicity"] == "Holm over the 2 claims of 'F'").all() and not plan.notes
 
         data = study.load_data("classification", image_size=32, n_train=16, n_val=8)

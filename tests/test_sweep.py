@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from torch import nn
 
 from dla_repro import tracking
@@ -44,6 +45,53 @@ def test_sweep_nests_every_trial_and_seed_and_is_deterministic():
         assert child.data.tags["mlflow.parentRunId"] == result.sweep_run_id
         assert child.data.params["sweep"] == "toy sweep" and "width" in child.data.params
         assert child.info.status == "FINISHED"
+
+
+class _Recording(nn.Module):
+    """A shared stem (built first, as a backbone is) and an arm-specific head; records every training batch."""
+
+    seen: dict = {}
+
+    def __init__(self, arm: str, width: int):
+        super().__init__()
+        self.arm = arm
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(4, width, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(width, 2))
+        self.stem_at_init = self.stem.weight.detach().clone()
+
+    def forward(self, x):
+        if self.training:
+            self.seen.setdefault(self.arm, []).append(x.detach().clone())
+        return self.head(self.stem(x))
+
+
+def test_a_seeds_arms_share_data_stream_order_and_shared_init_so_claims_are_paired_by_seed():
+    """The design behind paired claims: within one sweep, seed k gives every arm the same batches in the same
+    order and the same initial weights for the modules built first; another seed gives others."""
+    from dla_repro.experiments import study
+
+    models = {}
+
+    def build(arm, width):
+        models[arm] = _Recording(arm, width)
+        return models[arm]
+
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, schedule="constant", progress=False)
+    data = toy_data(48, 16)
+    for seed in (0, 1):
+        _Recording.seen = {}
+        trials = [Trial(arm, {"arm": arm}, functools.partial(build, arm, w)) for arm, w in (("a", 3), ("b", 8))]
+        sweep(f"pairing seed {seed}", trials, data, cfg, seeds=[seed])
+        a, b = _Recording.seen["a"], _Recording.seen["b"]
+        assert len(a) == len(b) == 2 * 3
+        assert all(torch.equal(x, y) for x, y in zip(a, b))  # same batches, same order
+        assert torch.equal(models["a"].stem_at_init, models["b"].stem_at_init)  # same start for the shared part
+        if seed == 0:
+            first, stem0 = a, models["a"].stem_at_init
+    assert not torch.equal(first[0], a[0]) and not torch.equal(stem0, models["a"].stem_at_init)
+    # and so a claim between two trials of a sweep is paired by default, unless declared otherwise
+    assert study.Claim("a beats b", "a", "b", "val_top1").paired
 
 
 def _runs_by_experiment(mlflow_client) -> dict[str, set[str]]:

@@ -254,7 +254,7 @@ def _why_not_from_runs(row: Mapping[str, Any], c: Claim, runs: pd.DataFrame,
     trials = set(runs["trial"].astype(str)) if "trial" in runs else set()
     for side, n, mean in ((c.a, row["n_a"], row["mean_a"]), (c.b, row["n_b"], row["mean_b"])):
         if side in groups:
-            xs = [float(v) for v in groups[side]]
+            xs = [v for _, v in study._group_values(groups[side])]
         elif "trial" not in runs:
             return f"{source} has no trial column"
         elif side not in trials:

@@ -372,11 +372,15 @@ class Claim:
     Holm-adjusted together.  ``labels`` name the sides in the table;
     ``undefined`` says why a metric can be undefined for a model.
 
-    ``paired``: compare seed by seed (paired t-test on the per-seed differences)
-    instead of two independent groups (Welch).  Declare it only when both sides
-    are trials of one sweep, run with the same seeds, so that a seed's runs share
-    what the seed fixes (data order, augmentation); :func:`judge` falls back to
-    Welch, saying so in ``note``, when the seeds differ or a side is a group.
+    ``paired`` (the default): compare seed by seed -- a paired t-test on the
+    per-seed differences -- because that is the study's design: every trial of a
+    sweep trains seed *k* on the same data stream, in the same order, with the
+    same augmentation, after ``seed_everything(k)`` (so modules built in the same
+    order, e.g. a shared backbone, start from the same weights; see
+    :func:`dla_repro.engine.sweep.sweep`).  Set ``paired=False`` for a side
+    measured outside the sweep (a calibration baseline, a fixed reference map):
+    two independent groups, Welch's test.  :func:`judge` falls back to Welch,
+    saying so in ``note``, when a paired claim's sides do not carry the same seeds.
     """
 
     text: str
@@ -392,7 +396,7 @@ class Claim:
     family: str = ""
     statement: str = ""
     undefined: str = ""  # why a side can have no value, shown when it has none
-    paired: bool = False
+    paired: bool = True
 
 
 def _seeded(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[tuple[Any, float]]:
@@ -408,6 +412,16 @@ def _seeded(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list
         vals = df[list(metric)].mean(axis=1, skipna=True)
     seeds = df["seed"].tolist() if "seed" in df else [None] * len(df)
     return [(s, float(v)) for s, v in zip(seeds, vals) if v is not None and math.isfinite(float(v))]
+
+
+def _group_values(group: Sequence[float] | Mapping[Any, float] | pd.Series) -> list[tuple[Any, float]]:
+    """``(seed, value)`` of a group handed to :func:`judge`: a mapping or Series is keyed by seed
+    (in increasing seed order), a plain sequence has no seeds."""
+    if isinstance(group, pd.Series):
+        group = group.to_dict()
+    if isinstance(group, Mapping):
+        return [(s, float(group[s])) for s in sorted(group)]
+    return [(None, float(v)) for v in group]
 
 
 def _values(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[float]:
@@ -660,19 +674,20 @@ def _log_plan(plan: ClaimsPlan) -> str:
 def judge(
     claims: Sequence[Claim],
     runs: pd.DataFrame,
-    groups: Mapping[str, Sequence[float]] | None = None,
+    groups: Mapping[str, Sequence[float] | Mapping[Any, float] | pd.Series] | None = None,
     *,
     plan: ClaimsPlan | None = None,
 ) -> list[Verdict]:
     """Each claim whose two sides ran, judged by :func:`~dla_repro.analysis.claims.compare`, Holm within families.
 
     A side is a trial of ``runs`` or a named group of values in ``groups`` (e.g. a
-    baseline measured outside the sweep).  Claims whose sides or metric are absent
+    baseline measured outside the sweep: a sequence; or values derived per seed
+    from the runs: a mapping or Series keyed by seed, which can be paired).  Claims whose sides or metric are absent
     are skipped (the trial was not run in this profile).  A side with no finite
     value (a metric undefined for that model) gives an inconclusive verdict that
     says so.  With a single seed on either side there is no verdict: the spread
-    cannot be judged.  A ``paired`` claim is paired by seed when both sides are
-    trials with the same seeds, else judged by Welch's test with a ``note``.  The
+    cannot be judged.  A ``paired`` claim is paired by seed when both sides carry
+    the same seeds, else judged by Welch's test with a ``note``.  The
     p-values of each ``family`` are adjusted together
     (:func:`~dla_repro.analysis.claims.holm`).  The per-seed values are kept in
     the verdict's ``values_a`` / ``values_b``.
@@ -694,7 +709,7 @@ def judge(
         sides: list[list[tuple[Any, float]] | None] = []
         for side in (c.a, c.b):
             if side in groups:
-                sides.append([(None, float(v)) for v in groups[side]])
+                sides.append(_group_values(groups[side]))
             elif side in trials and _has(runs, c.metric):
                 sides.append(_seeded(runs, side, c.metric))
             else:
@@ -710,8 +725,8 @@ def judge(
         paired, note = False, ""
         if c.paired:
             seeds_a, seeds_b = ([s for s, _ in side] for side in sides)
-            if c.a in groups or c.b in groups or None in seeds_a or None in seeds_b:
-                note = "not paired: a side is not a trial of the runs (Welch instead)"
+            if None in seeds_a or None in seeds_b:
+                note = "not paired: a side has no seeds (Welch instead)"
             elif seeds_a != seeds_b:
                 note = f"not paired: seeds differ ({seeds_a} vs {seeds_b}; Welch instead)"
             else:
@@ -730,7 +745,7 @@ def judge(
 def judge_plan(
     plan: ClaimsPlan,
     runs: pd.DataFrame,
-    groups: Mapping[str, Sequence[float]] | None = None,
+    groups: Mapping[str, Sequence[float] | Mapping[Any, float] | pd.Series] | None = None,
 ) -> list[Verdict]:
     """The pre-registered claims of ``plan`` judged (:func:`judge` with ``plan``), each verdict with the plan's hash.
 

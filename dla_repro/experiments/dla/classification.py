@@ -304,8 +304,9 @@ def claims(spec: ModelSpec, floor: float | None = None, metric: str = METRIC) ->
     return out
 
 
-def _residual_gains(runs: pd.DataFrame, metric: str) -> tuple[dict[str, list[float]], dict[str, pd.Series]]:
-    """Per-seed residual gains of the deep and the shallow tree (seeds all four trees share), and the four trees."""
+def _residual_gains(runs: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], dict[str, pd.Series]]:
+    """Per-seed residual gains of the deep and the shallow tree (``{seed: gain}`` over the seeds all four
+    trees share, so the two gains are paired by seed), and the four trees."""
     if metric not in runs:
         return {}, {}
     trees = {name: runs[runs["trial"] == trial].set_index("seed")[metric].sort_index()
@@ -314,8 +315,8 @@ def _residual_gains(runs: pd.DataFrame, metric: str) -> tuple[dict[str, list[flo
     seeds = sorted(set.intersection(*(set(t.index) for t in trees.values())))
     if not seeds:
         return {}, trees
-    gains = {"deep gain": (trees["deep/on"] - trees["deep/off"]).loc[seeds].tolist(),
-             "shallow gain": (trees["shallow/on"] - trees["shallow/off"]).loc[seeds].tolist()}
+    gains = {"deep gain": (trees["deep/on"] - trees["deep/off"]).loc[seeds].to_dict(),
+             "shallow gain": (trees["shallow/on"] - trees["shallow/off"]).loc[seeds].to_dict()}
     return gains, trees
 
 

@@ -137,7 +137,8 @@ def claims(fine_classes: Sequence[str] = (), class_names: Sequence[str] | None =
     if fine and baseline is not None and not baseline.empty:
         budget = f"{int(baseline['n_train'].iloc[0])} images × {int(baseline['epochs'].iloc[0])} epochs"
         out.append(Claim("Reference: DLA-Up's fine-structure IoU vs the plain calibration baseline", "ida_up", "plain",
-                         fine, label=fine_label, min_effect=MIN_EFFECT, labels=("ida_up", f"plain ({budget})")))
+                         fine, label=fine_label, min_effect=MIN_EFFECT, labels=("ida_up", f"plain ({budget})"),
+                         paired=False))  # another network, budget and run: two independent groups
     return out
 
 
