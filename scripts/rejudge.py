@@ -3,7 +3,7 @@
 
     python scripts/rejudge.py                    # results/tables/quick/*_claims.csv, rewritten in place
     python scripts/rejudge.py --profile paper --dry-run
-    python scripts/rejudge.py --results results/parsenet_extended
+    python scripts/rejudge.py --results results/<name>_extended
 
 The per-seed values are the tables' own (``values_a`` / ``values_b``) or, for a
 table written before they were kept, the runs table beside it
