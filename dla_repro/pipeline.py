@@ -1,7 +1,9 @@
 """The papermill pipeline behind ``dla-repro run`` and ``make reproduce``.
 
 ``notebooks/pipeline.yaml`` says which notebooks run, in which order, and with
-which parameters per profile. Parameters resolve, lowest precedence first, as
+which parameters per profile; an entry may also name the ``paper`` it reproduces
+(the report's grouping) and the ``module`` declaring its claims (what
+``experiments.rejudge`` imports; checked here only to be a dotted name). Parameters resolve, lowest precedence first, as
 
     notebook defaults  <  profile defaults  <  the notebook's per-profile values  <  ``-p``
 
@@ -68,6 +70,8 @@ class NotebookSpec:
     experiment: str
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
+    paper: str = ""  # the paper it reproduces, as the report names it ("" for none)
+    module: str = ""  # the dotted name of the experiment module declaring its claims ("" when it judges none)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class Pipeline:
         return [known[n] for n in names]
 
 
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # a module's dotted name; imported only when used
+
+
 def load_pipeline(path: Path | None = None) -> Pipeline:
     path = path or notebooks_dir() / "pipeline.yaml"
     if not path.exists():
@@ -99,6 +106,10 @@ def load_pipeline(path: Path | None = None) -> Pipeline:
         bad = set(entry.get("params", {})) - set(PROFILES) - {"all"}
         if bad:
             raise PipelineError(f"{path}: notebook {entry['name']!r} has params for unknown profiles {sorted(bad)}")
+        module = entry.get("module") or ""
+        if not (isinstance(module, str) and (not module or _DOTTED.fullmatch(module))):
+            raise PipelineError(f"{path}: notebook {entry['name']!r} has module {module!r}; expected a dotted "
+                                "module name such as dla_repro.experiments.dla.segmentation")
         notebooks.append(
             NotebookSpec(
                 name=entry["name"],
@@ -106,6 +117,8 @@ def load_pipeline(path: Path | None = None) -> Pipeline:
                 experiment=entry.get("experiment", entry["name"]),
                 params=entry.get("params", {}) or {},
                 description=entry.get("description", ""),
+                paper=str(entry.get("paper") or ""),
+                module=module,
             )
         )
     return Pipeline(profiles=profiles, notebooks=tuple(notebooks))

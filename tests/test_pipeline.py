@@ -114,6 +114,20 @@ def test_unknown_parameter_in_pipeline_yaml_is_an_error(pipe_file):
         pipeline.plan(["other"], "quick", pipeline=pipeline.load_pipeline(pipe_file))
 
 
+def test_paper_and_module_are_read_and_a_module_must_be_a_dotted_name(pipe_file):
+    spec = yaml.safe_load(pipe_file.read_text())
+    spec["notebooks"][0].update(paper="Toy", module="toy_paper.experiments.gates")
+    pipe_file.write_text(yaml.safe_dump(spec))
+    good, bad, _ = pipeline.load_pipeline(pipe_file).notebooks
+    assert (good.paper, good.module) == ("Toy", "toy_paper.experiments.gates")  # not imported: it does not exist
+    assert (bad.paper, bad.module) == ("", "")
+    for module in ("toy_paper/experiments/gates.py", "toy paper", "toy.", 3):
+        spec["notebooks"][0]["module"] = module
+        pipe_file.write_text(yaml.safe_dump(spec))
+        with pytest.raises(pipeline.PipelineError, match="notebook 'good' has module.*dotted module name"):
+            pipeline.load_pipeline(pipe_file)
+
+
 def test_unknown_notebook_and_missing_data_root(pipe_file, tmp_path):
     pipe = pipeline.load_pipeline(pipe_file)
     with pytest.raises(pipeline.PipelineError, match="unknown notebook"):
