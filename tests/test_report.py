@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
 
 from dla_repro import cli
 from dla_repro.analysis.claims import INCONCLUSIVE, REPRODUCED, RULE, claims_table, compare
@@ -127,6 +128,36 @@ def test_report_without_a_manifest_says_what_is_unknown():
     row = next(line for line in text.splitlines() if line.startswith("| parsenet | x beats y"))
     assert row.rstrip().endswith("| n/a | n/a |")  # no run id, no notebook link
     assert len(report.forest_frame(collect_claims(results_dir(), "quick"))) == 1
+
+
+def test_the_paper_of_a_notebook_is_the_paper_of_its_pipeline_yaml_entry(tmp_path, monkeypatch):
+    """No table of papers in the report: a new paper's notebook is named by its `paper:` in pipeline.yaml."""
+    papers = report.notebook_papers()  # the repository's pipeline.yaml
+    assert {nb: papers.get(nb) for nb in ("dla_classification", "dla_segmentation", "dla_boundaries", "parsenet",
+                                          "data_tour", "compare_runs")} == {
+        "dla_classification": "DLA", "dla_segmentation": "DLA", "dla_boundaries": "DLA", "parsenet": "ParseNet",
+        "data_tour": None, "compare_runs": None}
+    assert not hasattr(report, "PAPERS")
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "pipeline.yaml").write_text(yaml.safe_dump({"notebooks": [
+        {"name": "toy_gates", "path": "toy/01_gates.ipynb", "experiment": "toy_gates", "paper": "Toy Gates"},
+        {"name": "seg", "path": "dla/03_segmentation.ipynb", "experiment": "dla_segmentation", "paper": "DLA"},
+        {"name": "scratch", "path": "99_scratch.ipynb", "experiment": "scratch"}]}))
+    monkeypatch.setenv("DLA_REPRO_ROOT", str(tmp_path))
+    tables = results_dir() / "tables" / "quick"
+    tables.mkdir(parents=True)
+    for name in ("toy_gates", "dla_segmentation", "scratch"):
+        claims_table([compare(f"{name}: a beats b", [0.5, 0.52], [0.3, 0.31], names=("a", "b"))]).to_csv(
+            tables / f"{name}_claims.csv", index=False)
+    assert report.notebook_papers() == {"toy_gates": "Toy Gates", "dla_segmentation": "DLA", "seg": "DLA"}
+    claims = collect_claims(results_dir(), "quick", ["toy_gates", "dla_segmentation", "scratch"])
+    assert list(report.forest_frame(claims)["paper"]) == ["Toy Gates", "DLA", "scratch"]  # no paper: its name
+    text = report.report_markdown(claims, "quick")
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## Toy Gates", "## DLA", "## scratch", "## The rule"]
+    rows = [line.split("|")[1].strip() for line in report.readme_section(claims).splitlines()[3:6]]
+    assert rows == ["Toy Gates", "DLA", "scratch"]
 
 
 def test_readme_block_is_replaced_between_the_markers(tmp_path):

@@ -15,7 +15,9 @@ provenance (commit, hardware, wall time from ``results/manifest_<profile>.json``
   :func:`report_markdown`: header (profile, data, seeds, hardware, commit, wall
   time), the forest plot, and per paper one row per claim with the paper's
   evidence, Δ [95 % CI], MDE, p, n, verdict, the MLflow run ids and the executed
-  notebook;
+  notebook; a notebook's paper is the ``paper`` of its ``notebooks/pipeline.yaml``
+  entry (:func:`notebook_papers`; without one, the notebook's own name), so a new
+  paper needs no change here;
 * for ``quick`` in the repository's own ``results/``: the part of README.md's
   "What reproduced" between :data:`README_START` and :data:`README_END`
   (:func:`readme_section`), so the README cannot drift from the committed tables.
@@ -44,23 +46,50 @@ SUFFIX = "_claims.csv"
 FOREST = "claims_forest.png"
 README_START = "<!-- report:start -->"
 README_END = "<!-- report:end -->"
-#: The paper a notebook reproduces, by the start of its name (first match); others show the notebook's name.
-PAPERS = (("dla_", "DLA"), ("parsenet", "ParseNet"))
 VERDICT_COLOURS = {REPRODUCED: "#1b9e77", NOT_REPRODUCED: "#d95f02", INCONCLUSIVE: "#7f7f7f"}
 
 
-def _order(manifest: Mapping[str, Any]) -> list[str]:
-    """Notebook names in pipeline order (the ``notebooks`` list of ``notebooks/pipeline.yaml``), else in
-    the order the last pipeline run executed them (which may have been a single notebook's rerun)."""
+def _pipeline_entries() -> list[Mapping[str, Any]] | None:
+    """The ``notebooks`` entries of ``notebooks/pipeline.yaml`` (``None`` without that file).
+
+    Read as plain YAML, not through ``dla_repro.pipeline``: this is a generic layer.
+    """
     import yaml
 
     from ..paths import notebooks_dir
 
     path = notebooks_dir() / "pipeline.yaml"
-    if path.is_file():
-        entries = (yaml.safe_load(path.read_text()) or {}).get("notebooks") or []
+    if not path.is_file():
+        return None
+    entries = (yaml.safe_load(path.read_text()) or {}).get("notebooks") or []
+    return [entry for entry in entries if isinstance(entry, Mapping)]
+
+
+def _order(manifest: Mapping[str, Any]) -> list[str]:
+    """Notebook names in pipeline order (the ``notebooks`` list of ``notebooks/pipeline.yaml``), else in
+    the order the last pipeline run executed them (which may have been a single notebook's rerun)."""
+    entries = _pipeline_entries()
+    if entries is not None:
         return [entry["name"] for entry in entries if "name" in entry]
     return list(manifest.get("last_run", {}).get("notebooks", [])) if manifest else []
+
+
+def notebook_papers() -> dict[str, str]:
+    """Notebook → the paper it reproduces: the ``paper`` of its ``notebooks/pipeline.yaml`` entry.
+
+    Keyed by the entry's ``experiment`` (the stem of its tables, which is what a
+    claims frame's ``notebook`` column holds) and by its ``name``; entries without
+    a ``paper`` are left out.
+    """
+    out: dict[str, str] = {}
+    for entry in _pipeline_entries() or []:
+        paper = entry.get("paper")
+        if not paper:
+            continue
+        for key in (entry.get("experiment"), entry.get("name")):
+            if key:
+                out.setdefault(str(key), str(paper))
+    return out
 
 
 def load_manifest(results: Path, profile: str) -> dict[str, Any]:
@@ -168,8 +197,9 @@ def write_report(results: Path, profile: str) -> tuple[Path, str]:
 
 
 # ------------------------------------------------------------------------------------ pieces
-def paper_of(notebook: str) -> str:
-    return next((paper for prefix, paper in PAPERS if notebook.startswith(prefix)), notebook)
+def paper_of(notebook: str, papers: Mapping[str, str] | None = None) -> str:
+    """The paper ``notebook`` reproduces (``papers``, by default :func:`notebook_papers`), else its own name."""
+    return (notebook_papers() if papers is None else papers).get(notebook, notebook)
 
 
 def report_path(results: Path, profile: str) -> Path:
@@ -200,6 +230,7 @@ def forest_frame(claims: pd.DataFrame) -> pd.DataFrame:
     ≈ claims draw the band −1…+1).
     """
     rows = []
+    papers = notebook_papers()
     for rec in claims.to_dict("records"):
         margin = _margin(rec)
         scaled = margin > 0
@@ -209,7 +240,7 @@ def forest_frame(claims: pd.DataFrame) -> pd.DataFrame:
         if math.isnan(lo) and not math.isnan(delta):
             lo = hi = delta  # no interval (no spread, one seed, or an old table): the point alone
         margin_at = math.nan if not scaled or expect == "equal" else (-1.0 if expect == "less" else 1.0)
-        rows.append(dict(notebook=rec["notebook"], paper=paper_of(rec["notebook"]), claim=rec["claim"],
+        rows.append(dict(notebook=rec["notebook"], paper=paper_of(rec["notebook"], papers), claim=rec["claim"],
                          metric=rec.get("metric", ""), expect=expect, verdict=rec["verdict"], delta=delta,
                          ci_low=lo, ci_high=hi, margin=margin, scaled=scaled, scale=scale, x=delta / scale,
                          x_low=lo / scale, x_high=hi / scale, margin_at=margin_at))
@@ -267,7 +298,7 @@ def plot_forest(frame: pd.DataFrame, profile: str = ""):
         ax.set_xlim(-reach, reach)
         ax.set_yticks(ys, [_forest_label(r) for r in g.itertuples(index=False)], fontsize=7.5)
         ax.set_ylim(len(g) - 0.5, -0.5)
-        ax.set_title(f"{paper_of(nb)} — {nb}", loc="left", fontsize=10)
+        ax.set_title(f"{g['paper'].iloc[0]} — {nb}", loc="left", fontsize=10)
         ax.set_xlabel("Δ / margin", fontsize=8)
         ax.tick_params(axis="x", labelsize=7.5)
     handles = [Line2D([], [], marker="o", color=c, lw=2.2, label=v) for v, c in VERDICT_COLOURS.items()]
@@ -395,12 +426,13 @@ def report_markdown(claims: pd.DataFrame, profile: str, manifest: Mapping[str, A
     if figure is not None:
         rel = os.path.relpath(Path(figure).resolve(), results.resolve())
         lines += ["## Forest plot", "", f"![claims forest plot]({rel})", "", forest_caption(profile), ""]
-    for paper in dict.fromkeys(paper_of(nb) for nb in notebooks):
+    papers = notebook_papers()
+    for paper in dict.fromkeys(paper_of(nb, papers) for nb in notebooks):
         lines += [f"## {paper}", "",
                   "| notebook | claim | paper's evidence | ours: A vs B | Δ (A−B) [95 % CI] | MDE (80 %) | p | n | "
                   "verdict | MLflow run | executed notebook |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         trainings: list[str] = []
-        for nb in [nb for nb in notebooks if paper_of(nb) == paper]:
+        for nb in [nb for nb in notebooks if paper_of(nb, papers) == paper]:
             entry = entries.get(nb, {})
             run_id = entry.get("mlflow_run_id")
             run = f"`{run_id}` (notebook)" if run_id else "n/a"
@@ -444,14 +476,15 @@ def readme_section(claims: pd.DataFrame, profile: str = "quick") -> str:
     lines = [f"<!-- generated by `dla-repro report --profile {profile}` from results/tables/{profile}/*{SUFFIX}; "
              "edit the tables' code, not this block -->",
              "| paper | claim | ours: A vs B | Δ (A−B) [95 % CI] | p | verdict |", "|---|---|---|---|---|---|"]
+    papers = notebook_papers()
     for rec in claims.to_dict("records"):
         metric = f" ({rec['metric']})" if isinstance(rec.get("metric"), str) and rec["metric"] else ""
         versus = f"{rec['a']} {_num(rec['mean_a'])} vs {rec['b']} {_num(rec['mean_b'])}{metric}"
         verdict = rec["verdict"]
         shown = f"**{verdict}**" if verdict in (REPRODUCED, NOT_REPRODUCED) else verdict
         row = pd.Series(rec)
-        lines.append(f"| {paper_of(rec['notebook'])} | {_esc(rec['claim'])} | {_esc(versus)} | {_delta_text(row)} | "
-                     f"{_p_text(row)} | {shown} |")
+        lines.append(f"| {paper_of(rec['notebook'], papers)} | {_esc(rec['claim'])} | {_esc(versus)} | "
+                     f"{_delta_text(row)} | {_p_text(row)} | {shown} |")
     counts = claims["verdict"].value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in _verdict_order(counts)) + ". "
               f"Every row with the paper's evidence, MDE, seeds, MLflow run ids and the executed notebook: "
