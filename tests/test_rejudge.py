@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 import json
 import math
+import sys
+import types
 
 import pandas as pd
 import pytest
+import yaml
 
 from dla_repro.analysis.claims import REPRODUCED, claims_table, compare
 from dla_repro.analysis.report import collect_claims
+from dla_repro.experiments import rejudge as rejudge_module
 from dla_repro.experiments import study
 from dla_repro.experiments.dla import classification as exp
 from dla_repro.experiments.parsenet import global_context as pn
 from dla_repro.experiments.rejudge import NOT_REJUDGED, rejudge, rejudge_from_runs, rejudge_table, runs_groups
 from dla_repro.paths import repo_root, results_dir
+from dla_repro.pipeline import load_pipeline
 
 OLD_COLUMNS = ["claim", "metric", "a", "b", "mean_a", "mean_b", "delta", "se", "n_a", "n_b", "expect", "verdict",
                "note", "values_a", "values_b"]
@@ -153,5 +160,70 @@ def test_classification_from_runs_is_judge_claims_with_its_residual_gains_and_fl
     expected = exp.claims_frame(exp.judge_claims(exp.Results(runs=runs), spec, floor=floor))
     old = _without_values(expected).assign(ablation=expected["ablation"], paper=expected["paper"])
     old = old[["ablation", "paper", *[c for c in old.columns if c not in ("ablation", "paper")]]]
-    new = rejudge_from_runs(old, exp.claims(spec, floor), runs, runs_groups("dla_classification", runs))
+    groups = runs_groups("dla_classification", runs)  # the module's hook, found through pipeline.yaml
+    assert groups == exp.runs_groups(runs) and set(groups) == {"deep gain", "shallow gain"}
+    new = rejudge_from_runs(old, exp.claims(spec, floor), runs, groups)
     pd.testing.assert_frame_equal(new, expected)
+
+
+def test_every_notebook_that_writes_claims_names_a_module_with_the_rejudge_hook():
+    """pipeline.yaml's ``module`` is how re-judging finds a paper: every notebook writing a claims table has one,
+    importable and exposing ``rejudge_claims(params, tables, table)``; no other notebook has one."""
+    specs = load_pipeline().notebooks
+    writers = {spec.name for spec in specs if f"{spec.experiment}_claims.csv" in spec.path.read_text()}
+    assert writers == {"dla_classification", "dla_segmentation", "dla_boundaries", "parsenet"}
+    assert {spec.name for spec in specs if spec.module} == writers
+    for spec in specs:
+        if not spec.module:
+            continue
+        module = importlib.import_module(spec.module)
+        assert rejudge_module.paper_module(spec.experiment) is module
+        hook = getattr(module, "rejudge_claims", None)
+        assert callable(hook), spec.module
+        assert list(inspect.signature(hook).parameters) == ["params", "tables", "table"], spec.module
+        groups = getattr(module, "runs_groups", None)
+        assert groups is None or list(inspect.signature(groups).parameters) == ["runs"], spec.module
+    committed = repo_root() / "results" / "tables" / "quick"
+    for path in sorted(committed.glob("*_claims.csv")):  # every committed table can be re-judged
+        assert rejudge_module.paper_module(path.name[: -len("_claims.csv")])
+    for name in ("DECLARED", "GROUPS"):
+        assert not hasattr(rejudge_module, name)  # no per-paper table in the shared code
+
+
+@pytest.fixture
+def toy_pipeline(tmp_path, monkeypatch):
+    """A repository whose pipeline.yaml lists a toy paper's notebook (module ``toy_paper_gates``, not on disk)."""
+    def rejudge_claims(params, tables, table):
+        claims = [study.Claim("gates help", "gated", "plain", "eval_miou", min_effect=params["min_effect"])]
+        return claims, lambda v: v
+
+    toy = types.ModuleType("toy_paper_gates")
+    toy.rejudge_claims = rejudge_claims
+    toy.runs_groups = lambda runs: {"gain": [1.0, 2.0]}
+    monkeypatch.setitem(sys.modules, "toy_paper_gates", toy)
+    monkeypatch.setitem(sys.modules, "toy_paper_hookless", types.ModuleType("toy_paper_hookless"))
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "pipeline.yaml").write_text(yaml.safe_dump({
+        "profiles": {p: {"defaults": {}} for p in ("smoke", "quick", "paper")},
+        "notebooks": [
+            {"name": "toy_gates", "path": "toy/01_gates.ipynb", "experiment": "toy_gates", "paper": "Toy",
+             "module": "toy_paper_gates"},
+            {"name": "tour", "path": "00_tour.ipynb", "experiment": "tour"},
+            {"name": "hookless", "path": "toy/02.ipynb", "experiment": "hookless", "module": "toy_paper_hookless"},
+            {"name": "ghost", "path": "toy/03.ipynb", "experiment": "ghost", "module": "toy_paper.missing"}]}))
+    monkeypatch.setenv("DLA_REPRO_ROOT", str(tmp_path))
+    return toy
+
+
+def test_a_new_papers_module_is_found_through_pipeline_yaml_alone(toy_pipeline):
+    claims, post = rejudge_module.declared_claims("toy_gates", {"min_effect": 0.03}, results_dir(), pd.DataFrame())
+    assert [(c.text, c.min_effect) for c in claims] == [("gates help", 0.03)] and post("v") == "v"
+    assert runs_groups("toy_gates", pd.DataFrame()) == {"gain": [1.0, 2.0]}
+    with pytest.raises(KeyError, match="notebook 'tour' of pipeline.yaml names no `module:`"):
+        rejudge_module.declared_claims("tour", {}, results_dir(), pd.DataFrame())
+    with pytest.raises(KeyError, match="toy_paper_hookless .*has no rejudge_claims"):
+        rejudge_module.declared_claims("hookless", {}, results_dir(), pd.DataFrame())
+    with pytest.raises(KeyError, match="names module 'toy_paper.missing', which does not exist"):
+        runs_groups("ghost", pd.DataFrame())
+    with pytest.raises(KeyError, match="no notebook of pipeline.yaml writes"):
+        runs_groups("nobody", pd.DataFrame())

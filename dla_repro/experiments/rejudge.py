@@ -6,12 +6,23 @@ When the rule of :mod:`dla_repro.analysis.claims` changes, :func:`rejudge`
 judges those values again and rewrites the tables -- no model is trained.
 
 What a claim *is* (``expect``, ``min_effect``, ``tolerance``, ``floor``,
-``family``, ``paired``) is not read from the table: it comes from the paper
-module's own ``claims(...)``, built with the parameters the notebook ran with --
-its ``parameters`` cell at the commit the run's manifest records
-(``results/manifest_<profile>.json``), ``pipeline.yaml``'s values for the profile
-and the overrides the manifest records.  A row whose claim the module does not
-declare (or declares with other sides) is an error, not a guess.
+``family``, ``paired``) is not read from the table: it comes from the paper's
+experiment module, the ``module`` of the notebook's ``notebooks/pipeline.yaml``
+entry (the one whose ``experiment`` is the table's name), through its hook
+
+    rejudge_claims(params, tables, table) -> (claims, post)
+
+``params`` are the parameters the notebook ran with -- its ``parameters`` cell at
+the commit the run's manifest records (``results/manifest_<profile>.json``),
+``pipeline.yaml``'s values for the profile and the overrides the manifest
+records; ``tables`` is the folder of the claims table and ``table`` the table
+itself.  The hook returns the claims the module declares for such a run (its
+own ``claims(...)``) and ``post``, what the notebook does to each verdict after
+``study.judge`` (:func:`unchanged` when nothing).  Nothing here knows a paper:
+adding one is its module's hook and its pipeline.yaml entry.  A notebook without
+a ``module``, or a module without ``rejudge_claims``, is an error naming it; a
+row whose claim the module does not declare (or declares with other sides) is an
+error, not a guess.
 
 Only a table that recorded the pairing (a ``paired`` column) is re-judged as
 paired; a claim declared ``paired`` over an older table falls back to Welch and
@@ -21,8 +32,9 @@ Claims tables without per-seed values (written before they were kept) are
 re-judged from the runs table beside them (``<experiment>_runs.csv``: one row
 per trial and seed) by :func:`rejudge_from_runs`: each claim's sides are taken
 from the runs as the notebook takes them (:func:`dla_repro.experiments.study.judge`,
-with the groups the notebook derives from the runs, e.g. the classification's
-per-seed residual gains).  A claim the runs table cannot give back -- a side
+with the groups the notebook derives from the runs: the module's optional hook
+``runs_groups(runs) -> {side: values}``, values a sequence or ``{seed: value}``,
+e.g. the classification's per-seed residual gains).  A claim the runs table cannot give back -- a side
 that is no trial of it, a metric it lacks, or values whose count or means differ
 from the table's -- keeps its row with the verdict :data:`NOT_REJUDGED` and a
 ``note`` saying why; nothing is guessed.  A table with neither per-seed values
@@ -33,29 +45,34 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import json
 import math
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..analysis.claims import INCONCLUSIVE, Verdict, claims_table, compare, holm
+from ..analysis.claims import Verdict, claims_table, compare, holm
 from ..paths import repo_root
 from . import study
 from .study import Claim, undefined_verdict
 
-__all__ = ["SUFFIX", "RUNS_SUFFIX", "NOT_REJUDGED", "notebook_parameters_at", "declared_claims", "runs_groups",
-           "rejudge_table", "rejudge_from_runs", "rejudge"]
+__all__ = ["SUFFIX", "RUNS_SUFFIX", "NOT_REJUDGED", "HOOK", "GROUPS_HOOK", "notebook_parameters_at",
+           "synthetic_config", "unchanged", "paper_module", "declared_claims", "runs_groups", "rejudge_table",
+           "rejudge_from_runs", "rejudge"]
 
 SUFFIX = "_claims.csv"
 RUNS_SUFFIX = "_runs.csv"  # the per-(trial, seed) table beside a claims table
 NOT_REJUDGED = "not re-judged"  # the verdict of a row the runs table cannot re-derive (``note`` says why)
 _FIELDS = [f.name for f in dataclasses.fields(Verdict)]
+HOOK = "rejudge_claims"  # a paper module's (params, tables, table) -> (claims, post)
+GROUPS_HOOK = "runs_groups"  # its optional (runs) -> {side: per-seed values, or {seed: value}}
 
 Post = Callable[[Verdict], Verdict]
 
@@ -81,14 +98,22 @@ def notebook_parameters_at(spec: Any, commit: str | None) -> dict[str, Any]:
     return notebook_parameters(path)
 
 
-def _parameters(name: str, profile: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters notebook ``name`` ran with: cell defaults < pipeline.yaml < the manifest's recorded values."""
-    from ..pipeline import load_pipeline, resolve_parameters
+def _notebook(name: str) -> tuple[Any, Any]:
+    """``(pipeline, spec)``: ``notebooks/pipeline.yaml`` and its entry for the table ``name`` (its experiment)."""
+    from ..pipeline import load_pipeline
 
     pipeline = load_pipeline()
     spec = next((nb for nb in pipeline.notebooks if nb.experiment == name or nb.name == name), None)
     if spec is None:
         raise KeyError(f"{name}: no notebook of pipeline.yaml writes this claims table")
+    return pipeline, spec
+
+
+def _parameters(name: str, profile: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters notebook ``name`` ran with: cell defaults < pipeline.yaml < the manifest's recorded values."""
+    from ..pipeline import resolve_parameters
+
+    pipeline, spec = _notebook(name)
     run = manifest.get("notebooks", {}).get(spec.name, {})
     declared = notebook_parameters_at(spec, run.get("git_commit"))
     recorded = {k: v for k, v in (run.get("parameters") or {}).items() if k != "profile"}
@@ -96,7 +121,8 @@ def _parameters(name: str, profile: str, manifest: Mapping[str, Any]) -> dict[st
     return {**{k: p.default for k, p in declared.items()}, **resolved, **recorded}
 
 
-def _synthetic_config(params: Mapping[str, Any]):
+def synthetic_config(params: Mapping[str, Any]):
+    """The ``SyntheticConfig`` a notebook ran with, from its parameters; ``None`` for a real dataset."""
     from ..data.synthetic import SyntheticConfig
 
     if str(params.get("dataset", "synthetic")).lower() != "synthetic":
@@ -105,91 +131,50 @@ def _synthetic_config(params: Mapping[str, Any]):
 
 
 # ---------------------------------------------------------------------- the claims
-def _classification(params: Mapping[str, Any], tables: Path, table: pd.DataFrame) -> tuple[list[Claim], Post]:
-    from .dla import classification as exp
-
-    config = _synthetic_config(params)
-    if config is None:
-        raise ValueError("dla_classification on real data: its number of classes (the floor) is not recorded")
-    num_classes = len(config.label_names)
-    spec = exp.ModelSpec(params["variant"], num_classes, tuple(params["channels"]), tuple(params["deep_levels"]))
-    floor = exp.learned_floor(num_classes)
-    runs_path = tables / "dla_classification_runs.csv"
-    runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame()
-
-    def post(v: Verdict) -> Verdict:  # as judge_claims: the residual gains' floor applies to the four trees
-        if v.a != "deep gain":
-            return v
-        if runs.empty:
-            raise FileNotFoundError(f"{runs_path}: needed for the floor of the residual-gain claim")
-        note = exp.residual_floor_note(runs, exp.METRIC, floor)
-        return dataclasses.replace(v, verdict=INCONCLUSIVE, note=note) if note else v
-
-    return exp.claims(spec, floor), post
-
-
-def _segmentation(params: Mapping[str, Any], tables: Path, table: pd.DataFrame) -> tuple[list[Claim], Post]:
-    from .dla import segmentation as seg
-
-    config = _synthetic_config(params)
-    baseline_path = tables / "dla_segmentation_plain_baseline.csv"
-    baseline = pd.read_csv(baseline_path) if baseline_path.is_file() else None
-    names = config.mask_names if config is not None else None
-    return seg.claims(params["fine_classes"], names, baseline), _same
-
-
-def _boundaries(params: Mapping[str, Any], tables: Path, table: pd.DataFrame) -> tuple[list[Claim], Post]:
-    from .dla import boundaries as B
-
-    trials = {B.trial_name(d, w) for d, w in B.parse_trials(params["trials"])}
-    baselines = sorted({b for b in table["b"] if b not in trials})  # the no-learning edge maps compared with
-    return B.claims(params["trials"], baselines), _same
-
-
-def _parsenet(params: Mapping[str, Any], tables: Path, table: pd.DataFrame) -> tuple[list[Claim], Post]:
-    from .parsenet import global_context as pn
-
-    return pn.claims(float(params["equal_tolerance"])), _same
-
-
-def _same(v: Verdict) -> Verdict:
+def unchanged(v: Verdict) -> Verdict:
+    """The ``post`` of a notebook that does nothing to a verdict after ``study.judge``."""
     return v
 
 
-DECLARED: dict[str, Callable[[Mapping[str, Any], Path, pd.DataFrame], tuple[list[Claim], Post]]] = {
-    "dla_classification": _classification,
-    "dla_segmentation": _segmentation,
-    "dla_boundaries": _boundaries,
-    "parsenet": _parsenet,
-}
+def paper_module(name: str) -> ModuleType:
+    """The experiment module declaring the claims of table ``name``: its notebook's pipeline.yaml ``module``.
+
+    ``KeyError`` when no notebook writes the table, when its entry names no
+    ``module``, when that module does not exist, or when it has no
+    ``rejudge_claims``.
+    """
+    _, spec = _notebook(name)
+    where = f"notebook {spec.name!r} of pipeline.yaml"
+    if not spec.module:
+        raise KeyError(f"{name}: {where} names no `module:` (the experiment module declaring its claims), so its "
+                       "claims cannot be re-judged")
+    try:
+        module = importlib.import_module(spec.module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (spec.module == exc.name or spec.module.startswith(exc.name + ".")):
+            raise KeyError(f"{name}: {where} names module {spec.module!r}, which does not exist") from exc
+        raise
+    if not callable(getattr(module, HOOK, None)):
+        raise KeyError(f"{name}: {spec.module} ({where}) has no {HOOK}(params, tables, table) -> (claims, post), "
+                       "so its claims cannot be re-judged")
+    return module
 
 
 def declared_claims(name: str, params: Mapping[str, Any], tables: Path,
                     table: pd.DataFrame) -> tuple[list[Claim], Post]:
     """The claims the paper module declares for ``name``'s run, and what the notebook does after ``judge``."""
-    if name not in DECLARED:
-        raise KeyError(f"{name}: no paper module declares claims for this table; known: {', '.join(DECLARED)}")
-    return DECLARED[name](params, tables, table)
+    return getattr(paper_module(name), HOOK)(params, tables, table)
 
 
-def _classification_groups(runs: pd.DataFrame) -> dict[str, list[float]]:
-    from .dla import classification as exp
+def runs_groups(name: str, runs: pd.DataFrame) -> dict[str, Sequence[float] | Mapping[Any, float]]:
+    """The groups (sides that are not trials) notebook ``name`` derives from its runs table for
+    :func:`study.judge`: its module's ``runs_groups(runs)``, or none without that hook.
 
-    gains, _ = exp._residual_gains(runs, exp.METRIC)  # as judge_claims: the per-seed residual gains
-    return gains
-
-
-# The groups (sides that are not trials) a notebook hands to ``study.judge`` that it derives from its runs table.
-# Groups measured elsewhere (a calibration baseline, the no-learning edge maps) are not here: a claim on them
-# is not re-judged from the runs.
-GROUPS: dict[str, Callable[[pd.DataFrame], dict[str, list[float]]]] = {
-    "dla_classification": _classification_groups,
-}
-
-
-def runs_groups(name: str, runs: pd.DataFrame) -> dict[str, list[float]]:
-    """The groups of values notebook ``name`` derives from its runs table for :func:`study.judge` (often none)."""
-    return dict(GROUPS[name](runs)) if name in GROUPS else {}
+    Groups measured elsewhere (a calibration baseline, the no-learning edge maps)
+    are not among them: a claim on them is not re-judged from the runs.
+    """
+    hook = getattr(paper_module(name), GROUPS_HOOK, None)
+    return dict(hook(runs)) if callable(hook) else {}
 
 
 # --------------------------------------------------------------------------- judging
@@ -204,7 +189,7 @@ def _recorded_paired(row: Mapping[str, Any]) -> bool:
     return str(row.get("paired", "")).strip().lower() == "true"
 
 
-def rejudge_table(table: pd.DataFrame, claims: Sequence[Claim], post: Post = _same) -> pd.DataFrame:
+def rejudge_table(table: pd.DataFrame, claims: Sequence[Claim], post: Post = unchanged) -> pd.DataFrame:
     """``table`` (a claims table with per-seed values) judged again; extra leading columns are kept."""
     declared = {c.text: c for c in claims}
     verdicts = []
@@ -272,7 +257,7 @@ def _why_not_from_runs(row: Mapping[str, Any], c: Claim, runs: pd.DataFrame,
 
 
 def rejudge_from_runs(table: pd.DataFrame, claims: Sequence[Claim], runs: pd.DataFrame,
-                      groups: Mapping[str, Sequence[float]] | None = None, post: Post = _same, *,
+                      groups: Mapping[str, Sequence[float]] | None = None, post: Post = unchanged, *,
                       source: str = "the runs table") -> pd.DataFrame:
     """``table`` (a claims table without per-seed values) judged again from ``runs`` (one row per trial and seed).
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ...analysis.claims import Verdict
 from ...engine import TrainConfig, Trial
 from ...metrics.boundary import boundary_scores
 from ...models.dla_up import create_dla_up
@@ -57,6 +59,7 @@ __all__ = [
     "baseline_groups",
     "plot_pr_curves",
     "plot_edge_maps",
+    "rejudge_claims",
 ]
 
 REFERENCE_TRIAL = "ida_up w=10"  # the paper's configuration: compared with the baselines
@@ -281,3 +284,16 @@ def claims(specs: Sequence[str], baselines: Sequence[str] = ()) -> list[Claim]:
 def baseline_groups(baselines: Mapping[str, Mapping[str, Any]], n_seeds: int) -> dict[str, list[float]]:
     """A deterministic baseline's ODS once per seed, so the standard error comes from the learned side alone."""
     return {label: [float(s["ods"])] * n_seeds for label, s in baselines.items()}
+
+
+# --------------------------------------------------- re-judging committed tables (scripts/rejudge.py)
+def rejudge_claims(params: Mapping[str, Any], tables: Path,
+                   table: pd.DataFrame) -> tuple[list[Claim], Callable[[Verdict], Verdict]]:
+    """The hook of :mod:`dla_repro.experiments.rejudge`: the claims of a run with the notebook's ``params``
+    (:func:`claims` of its ``trials``, against the no-learning edge maps the claims ``table`` compared with:
+    its ``b`` sides that are no trial); nothing is done to a verdict after ``study.judge``."""
+    from ..rejudge import unchanged
+
+    trials = {trial_name(d, w) for d, w in parse_trials(params["trials"])}
+    baselines = sorted({b for b in table["b"] if b not in trials})
+    return claims(params["trials"], baselines), unchanged

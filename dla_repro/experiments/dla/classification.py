@@ -461,3 +461,46 @@ def plot_training_curves(results: Results, metric: str = METRIC):
                     ax.legend(fontsize=7, title=None)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------- re-judging committed tables (scripts/rejudge.py)
+from collections.abc import Callable  # noqa: E402 -- the hooks' own names, kept with them
+from pathlib import Path  # noqa: E402
+
+__all__ += ["rejudge_claims", "runs_groups"]
+
+
+def rejudge_claims(params: Mapping[str, Any], tables: Path,
+                   table: pd.DataFrame) -> tuple[list[Claim], Callable[[Verdict], Verdict]]:
+    """The hook of :mod:`dla_repro.experiments.rejudge`: the claims of a run with the notebook's ``params``
+    (:func:`claims` with the run's model and :func:`learned_floor`), and what the notebook does to a verdict
+    after ``study.judge`` -- as :func:`judge_claims`, the residual gains' floor applies to the four trees
+    (:func:`residual_floor_note`, from ``dla_classification_runs.csv`` in ``tables``)."""
+    from ..rejudge import synthetic_config
+
+    config = synthetic_config(params)
+    if config is None:
+        raise ValueError("dla_classification on real data: its number of classes (the floor) is not recorded")
+    num_classes = len(config.label_names)
+    spec = ModelSpec(params["variant"], num_classes, tuple(params["channels"]), tuple(params["deep_levels"]))
+    floor = learned_floor(num_classes)
+    runs_path = Path(tables) / "dla_classification_runs.csv"
+    runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame()
+
+    def post(v: Verdict) -> Verdict:  # as judge_claims: the residual gains' floor applies to the four trees
+        if v.a != "deep gain":
+            return v
+        if runs.empty:
+            raise FileNotFoundError(f"{runs_path}: needed for the floor of the residual-gain claim")
+        note = residual_floor_note(runs, METRIC, floor)
+        return dataclasses.replace(v, verdict=INCONCLUSIVE, note=note) if note else v
+
+    return claims(spec, floor), post
+
+
+def runs_groups(runs: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """The hook of :mod:`dla_repro.experiments.rejudge`: the groups (sides that are not trials) the notebook
+    derives from its runs table for ``study.judge`` -- as :func:`judge_claims`, the per-seed residual gains
+    (``{seed: gain}``)."""
+    gains, _ = _residual_gains(runs, METRIC)
+    return gains

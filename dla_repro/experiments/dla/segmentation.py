@@ -18,7 +18,8 @@ The study (:mod:`dla_repro.experiments.study`) with this paper's pieces:
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ...analysis.claims import Verdict
 from ...engine import SegmentationTask, TrainConfig, Trial
 from ...labels import IGNORE_INDEX
 from ...metrics.segmentation import dataset_confusion, scores_from_confusion
@@ -48,6 +50,7 @@ __all__ = [
     "plot_curves",
     "predict_examples",
     "plot_examples",
+    "rejudge_claims",
 ]
 
 #: The experiment, by trial name: ``create_dla_up`` settings.
@@ -285,3 +288,19 @@ def plot_examples(images, truths, preds: Mapping[str, Sequence[torch.Tensor]], c
     fig.tight_layout()
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     return fig
+
+
+# --------------------------------------------------- re-judging committed tables (scripts/rejudge.py)
+def rejudge_claims(params: Mapping[str, Any], tables: Path,
+                   table: pd.DataFrame) -> tuple[list[Claim], Callable[[Verdict], Verdict]]:
+    """The hook of :mod:`dla_repro.experiments.rejudge`: the claims of a run with the notebook's ``params``
+    (:func:`claims` with its ``fine_classes``, the synthetic data's class names and the plain baseline the
+    notebook wrote beside its claims, ``dla_segmentation_plain_baseline.csv`` in ``tables``); nothing is done
+    to a verdict after ``study.judge``."""
+    from ..rejudge import synthetic_config, unchanged
+
+    config = synthetic_config(params)
+    baseline_path = Path(tables) / "dla_segmentation_plain_baseline.csv"
+    baseline = pd.read_csv(baseline_path) if baseline_path.is_file() else None
+    names = config.mask_names if config is not None else None
+    return claims(params["fine_classes"], names, baseline), unchanged

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ...analysis.claims import Verdict
 from ...analysis.receptive_field import empirical_receptive_field, extent, theoretical_receptive_field
 from ...engine import SegmentationTask, TrainConfig, Trial
 from ...metrics.segmentation import dataset_confusion, iou_from_confusion
@@ -59,6 +61,7 @@ __all__ = [
     "plot_ablation",
     "receptive_field_table",
     "sample_images",
+    "rejudge_claims",
 ]
 
 #: The ablation, by trial name: ParseNetHead settings.  ``fcn`` is the baseline
@@ -369,3 +372,13 @@ def sample_images(dataset, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` images of ``dataset`` picked with ``seed`` (for the field and norm figures)."""
     idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
     return torch.stack([dataset[int(i)][0] for i in sorted(idx)])
+
+
+# --------------------------------------------------- re-judging committed tables (scripts/rejudge.py)
+def rejudge_claims(params: Mapping[str, Any], tables: Path,
+                   table: pd.DataFrame) -> tuple[list[Claim], Callable[[Verdict], Verdict]]:
+    """The hook of :mod:`dla_repro.experiments.rejudge`: the claims of a run with the notebook's ``params``
+    (:func:`claims` with its ``equal_tolerance``); nothing is done to a verdict after ``study.judge``."""
+    from ..rejudge import unchanged
+
+    return claims(float(params["equal_tolerance"])), unchanged
