@@ -10,8 +10,9 @@ table written before they were kept, the runs table beside it
 (``<experiment>_runs.csv``; a claim it cannot give back is kept, marked
 "not re-judged", with the reason in ``note``); what each
 claim is (expect, min_effect, tolerance, floor, family, paired) comes from the
-paper modules with the parameters the notebooks ran with
-(:mod:`dla_repro.experiments.rejudge`).  Prints every verdict that changed, with
+paper's experiment module -- the ``module`` of the notebook's entry in
+``notebooks/pipeline.yaml``, through its ``rejudge_claims`` hook -- with the
+parameters the notebooks ran with (:mod:`dla_repro.experiments.rejudge`).  Prints every verdict that changed, with
 its p-values, and rewrites ``results/claims_<profile>.md`` (``dla-repro report``).
 """
 

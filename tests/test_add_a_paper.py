@@ -3,7 +3,8 @@
 The toy paper ("channel gates help segmentation") needs what DynOPool and GALD
 need: a kernel op in the table, a model on the segmentation contract, a study
 with a trial table and a pre-declared claim.  Nothing in the generic layers is
-edited for it.  A second test keeps the README section and the layering honest.
+edited for it.  Further tests keep the README section and the layering honest,
+and the shared report / re-judging code free of per-paper tables.
 """
 
 from __future__ import annotations
@@ -149,5 +150,20 @@ def test_readme_how_to_add_a_paper_names_the_pieces_this_test_uses():
     section = match.group(1)
     for piece in ("register_op", "KernelOp", "Segmenter", "create_backbone", "study.load_data",
                   "study.trial_table", "study.run", "Claim", "study.judge", "notebooks/pipeline.yaml",
-                  "tests/test_add_a_paper.py"):
+                  "`paper:`", "`module:`", "rejudge_claims", "runs_groups", "tests/test_add_a_paper.py"):
         assert piece in section, f"README 'How to add a paper' does not mention {piece}"
+
+
+def test_no_table_of_papers_in_the_shared_code():
+    """The report and re-judging find a paper through pipeline.yaml (``paper:``, ``module:``), so adding one
+    edits neither: no paper's name or module appears in them."""
+    from dla_repro.analysis import report
+    from dla_repro.experiments import rejudge
+
+    for module in (report, rejudge):
+        code = "".join(ast.get_source_segment(Path(module.__file__).read_text(), node) or ""
+                       for node in ast.parse(Path(module.__file__).read_text()).body
+                       if not isinstance(node, ast.Expr))  # the module docstring may use examples
+        for paper in ("DLA", "ParseNet", "dla_classification", "dla_segmentation", "dla_boundaries", "parsenet",
+                      "experiments.dla", "experiments.parsenet"):
+            assert paper not in code, f"{module.__name__} names {paper!r}: a per-paper table in shared code"
