@@ -12,8 +12,9 @@ table written before they were kept, the runs table beside it
 claim is (expect, min_effect, tolerance, floor, family, paired) comes from the
 paper's experiment module -- the ``module`` of the notebook's entry in
 ``notebooks/pipeline.yaml``, through its ``rejudge_claims`` hook -- with the
-parameters the notebooks ran with (:mod:`dla_repro.experiments.rejudge`).  Prints every verdict that changed, with
-its p-values, and rewrites ``results/claims_<profile>.md`` (``dla-repro report``).
+parameters the notebooks ran with (:mod:`dla_repro.experiments.rejudge`).
+Prints every verdict that changed, with its p-values, and rewrites
+``results/claims_<profile>.md`` (``dla-repro report``).
 """
 
 from __future__ import annotations
