@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,8 @@ __all__ = [
     "summary",
     "plot_accuracy_vs_params",
     "plot_training_curves",
+    "rejudge_claims",
+    "runs_groups",
 ]
 
 DATASETS = ("synthetic", "cifar100", "imagefolder")
@@ -464,12 +467,6 @@ def plot_training_curves(results: Results, metric: str = METRIC):
 
 
 # --------------------------------------------------- re-judging committed tables (scripts/rejudge.py)
-from collections.abc import Callable  # noqa: E402 -- the hooks' own names, kept with them
-from pathlib import Path  # noqa: E402
-
-__all__ += ["rejudge_claims", "runs_groups"]
-
-
 def rejudge_claims(params: Mapping[str, Any], tables: Path,
                    table: pd.DataFrame) -> tuple[list[Claim], Callable[[Verdict], Verdict]]:
     """The hook of :mod:`dla_repro.experiments.rejudge`: the claims of a run with the notebook's ``params``
