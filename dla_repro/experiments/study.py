@@ -86,6 +86,8 @@ __all__ = [
     "judge_plan",
     "undefined_verdict",
     "claims_markdown",
+    "ClaimArms",
+    "arm_problems",
 ]
 
 TASKS = ("classification", "segmentation", "boundary")
@@ -381,6 +383,10 @@ class Claim:
     measured outside the sweep (a calibration baseline, a fixed reference map):
     two independent groups, Welch's test.  :func:`judge` falls back to Welch,
     saying so in ``note``, when a paired claim's sides do not carry the same seeds.
+
+    ``matched``: the claim compares its arms *at matched parameters*, within this
+    relative tolerance of the larger count (``0.05``: ±5 %); :func:`arm_problems`
+    checks it on the models the trials build, before anything trains.
     """
 
     text: str
@@ -397,6 +403,7 @@ class Claim:
     statement: str = ""
     undefined: str = ""  # why a side can have no value, shown when it has none
     paired: bool = True
+    matched: float | None = None  # the two arms' parameter counts agree within this fraction (0.05: ±5 %)
 
 
 def _seeded(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[tuple[Any, float]]:
@@ -446,14 +453,68 @@ def undefined_verdict(c: Claim, xa: Sequence[float], xb: Sequence[float], names:
                    min_effect=c.min_effect, tolerance=c.tolerance, family=c.family)
 
 
+# ------------------------------------------------------------------ the arms of a claim
+@dataclass(frozen=True)
+class ClaimArms:
+    """What a paper module hands to the arms check (its ``claim_arms()`` hook).
+
+    ``claims``: the claims its notebook declares (with small, fast settings);
+    ``build``: trial name → a zero-argument function building that trial's
+    model, as the notebook's trials build it (small widths are fine: the check
+    is about structure); ``example``: an input batch the models accept.
+    Sides that are not in ``build`` (groups, reference maps) are not checked.
+    """
+
+    claims: Sequence[Claim]
+    build: Mapping[str, Callable[[], nn.Module]]
+    example: torch.Tensor
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def arm_problems(arms: ClaimArms, seed: int = 0) -> list[str]:
+    """What makes a claim's two arms unfit to compare, one line each (empty: fit).
+
+    For every claim whose sides are both trials: the two models, built after the
+    same ``seed``, must not be the same function -- outputs on ``arms.example``
+    differ, in eval mode -- and, for a claim declared ``matched``, their parameter
+    counts must agree within that fraction of the larger one.
+    """
+    problems = []
+    for c in arms.claims:
+        if c.a not in arms.build or c.b not in arms.build:
+            continue
+        models = []
+        for side in (c.a, c.b):
+            torch.manual_seed(seed)
+            models.append(arms.build[side]().eval())
+        with torch.no_grad():
+            out_a, out_b = (m(arms.example) for m in models)
+        if isinstance(out_a, Mapping):
+            out_a, out_b = next(iter(out_a.values())), next(iter(out_b.values()))
+        if out_a.shape == out_b.shape and torch.allclose(out_a, out_b, rtol=1e-5, atol=1e-6):
+            problems.append(f"{c.text!r}: {c.a} and {c.b} compute the same function (outputs equal)")
+        if c.matched is not None:
+            na, nb = (_n_params(m) for m in models)
+            gap = abs(na - nb) / max(na, nb)
+            if gap > c.matched:
+                problems.append(f"{c.text!r}: {c.a} has {na:,} parameters, {c.b} {nb:,}: {gap:.1%} apart, "
+                                f"more than the declared ±{c.matched:.0%}")
+    return problems
+
+
 # ------------------------------------------------------------------ pre-registration
 PLAN_TAG = "claims_plan_sha256"  # tag of the notebook run: the hash of its pre-registered plan
 PLAN_TIME_TAG = "claims_plan_logged_at"  # tag: when the plan was logged (ms since the epoch, as MLflow's times)
 EXPECTS = ("greater", "less", "equal")
 ONE_SEED_NOTE = "one seed: no verdict possible (every claim will be inconclusive)"
 _PLAN_COLUMNS = ("id", "text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired",
+                 "matched",
                  "seeds", "alpha", "test", "multiplicity")
-_PARAM_FIELDS = ("text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired", "test")
+_PARAM_FIELDS = ("text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired", "matched",
+                 "test")
 _PARAM_LIMIT = 500  # characters of a parameter value every MLflow version accepts
 
 
@@ -530,8 +591,8 @@ class ClaimsPlan:
         multiplicity = f"Holm over the {len(family)} claims of '{c.family}'" if len(family) > 1 else ""
         return {"id": cid, "text": c.text, "a": c.a, "b": c.b, "metric": _metric_text(c.metric), "expect": c.expect,
                 "min_effect": c.min_effect, "tolerance": c.tolerance, "floor": c.floor, "family": c.family,
-                "paired": c.paired, "seeds": list(self.seeds), "alpha": self.alpha, "test": _test_name(c),
-                "multiplicity": multiplicity}
+                "paired": c.paired, "matched": c.matched, "seeds": list(self.seeds), "alpha": self.alpha,
+                "test": _test_name(c), "multiplicity": multiplicity}
 
     @property
     def table(self) -> pd.DataFrame:
