@@ -11,6 +11,7 @@ from dla_repro.data.synthetic import (
     SYNTHETIC_VERSION,
     SyntheticConfig,
     SyntheticDataset,
+    SyntheticStream,
     boundary_map,
     class_statistics,
     denormalize,
@@ -255,3 +256,74 @@ def test_dataset_tasks_and_statistics():
     for _, group in stats.groupby("space"):
         assert abs(group["frequency"].sum() - 1.0) < 1e-9
     assert stats.loc[stats["space"] == "mask", "context"].sum() == len(CFG.context_classes())
+
+
+# ------------------------------------------------------------------------- versions and streams
+def test_v1_is_reproducible_by_name_with_its_digest_unchanged():
+    v1 = SyntheticConfig.preset("synthetic-v1")
+    assert v1 == SyntheticConfig() and v1.version == SYNTHETIC_VERSION == "synthetic-v1"
+    assert v1.digest() == "2d498c36035e0413"  # the digest every v1 run logged, before versions existed
+    a, b = generate(v1, 6, seed=3), generate(SyntheticConfig(), 6, seed=3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_v2_labels_keep_their_margin_from_every_bin_edge_and_targets_are_visible():
+    cfg = SyntheticConfig.preset("synthetic-v2", image_size=32)
+    assert cfg.version == "synthetic-v2" and cfg.num_labels == len(cfg.shapes) * 4 and cfg.digest() != \
+        SyntheticConfig(image_size=32).digest()
+    d = generate(cfg, 2000, seed=1)
+    box = d["target_box"]
+    cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
+    half_image = cfg.image_size / 2
+    assert (cx - half_image).abs().min() >= cfg.label_margin - 1e-4
+    assert (cy - half_image).abs().min() >= cfg.label_margin - 1e-4
+    assert box.min() >= 0 and box.max() <= cfg.image_size  # still inside the image
+    quadrant = (cy >= half_image).long() * 2 + (cx >= half_image).long()
+    assert torch.equal(d["target_position"], quadrant)
+    assert torch.bincount(d["label"], minlength=cfg.num_labels).min() > 2000 / cfg.num_labels / 2  # all used
+    # v1 put targets on the edge: the label there is a coin flip
+    v1 = generate(SyntheticConfig(image_size=32), 2000, seed=1)["target_box"]
+    assert (((v1[:, 0] + v1[:, 2]) / 2 - half_image).abs() < 0.5).float().mean() > 0.02
+
+
+def test_margin_on_scale_bins_and_the_configs_it_refuses():
+    cfg = SyntheticConfig(image_size=64, scale_bins=2, label_margin=1.0)
+    size = generate(cfg, 1000, seed=2)["target_box"]
+    side = size[:, 2] - size[:, 0]
+    middle = (cfg.object_size[0] + cfg.object_size[1]) / 2 * cfg.image_size
+    assert (side - middle).abs().min() >= 1.0 - 1e-4
+    with pytest.raises(ValueError, match="label_margin"):
+        SyntheticConfig(image_size=32, label_margin=6.0)
+    with pytest.raises(ValueError, match="version"):
+        SyntheticConfig(version="synthetic-v9")
+    with pytest.raises(ValueError, match="unknown synthetic version"):
+        SyntheticConfig.preset("v2")
+
+
+def test_a_stream_gives_fresh_samples_each_epoch_per_run_seed_and_the_same_again():
+    from dla_repro.engine import TrainConfig
+    from dla_repro.engine.distributed import DistInfo
+    from dla_repro.engine.loaders import make_loader, set_epoch
+
+    cfg = SyntheticConfig.preset("synthetic-v2", image_size=32)
+    splits = make_splits(cfg, n_train=16, n_val=8, fresh=True)
+    stream = splits.train
+    assert isinstance(stream, SyntheticStream) and not isinstance(splits.val, SyntheticStream)
+    loader = make_loader(stream, TrainConfig(batch_size=16, seed=5), DistInfo(), torch.device("cpu"), train=True)
+
+    def epoch_images(seed, epoch):
+        set_epoch(loader, seed, epoch)
+        return torch.cat([x for x, _ in loader])
+
+    e0, e1 = epoch_images(5, 0), epoch_images(5, 1)
+    assert not torch.equal(e0.sort(0).values, e1.sort(0).values)  # new samples, not a new order
+    assert torch.equal(epoch_images(5, 0), e0)  # the same epoch again: the same batches
+    assert not torch.equal(epoch_images(6, 0).sort(0).values, e0.sort(0).values)  # another run seed: other data
+    # epoch 1 of run seed 5 is samples 16..31 of that seed's stream, whoever renders it (a resumed run)
+    set_epoch(loader, 5, 1)
+    assert torch.equal(stream.images, generate(cfg, 16, 0, "train/run5", start=16)["image"])
+    again = SyntheticStream(cfg, 16, split="train")
+    again.set_epoch(1, 5)
+    assert torch.equal(again.images, stream.images)
+    seg = stream.with_task("segmentation")
+    assert seg[0][1].shape == (32, 32) and stream.task == "classification" and stream.digest != splits.val.digest

@@ -64,6 +64,26 @@ Frozen defaults (``SYNTHETIC_VERSION``): the generator's default parameters were
 calibrated once against the plain baseline (``dla_repro.models.plain``) only --
 see ``dla_repro.experiments.calibration`` and ``results/tables/synthetic_calibration.csv``
 -- and then frozen.  Changing a default changes the version string.
+
+**Versions.**  ``SyntheticConfig()`` is ``synthetic-v1``, unchanged: same samples,
+same digest.  ``SyntheticConfig.preset("synthetic-v2")`` is the redesign for
+experiments that must be able to decide (fields added after v1 are neutral in v1
+and stay out of its digest):
+
+* **well-posed labels** -- ``label_margin`` pixels between the target's centre and
+  every position-bin edge (and, with scale bins, between its size and every
+  scale-bin edge): in v1 about one sample in eight sat within half a pixel of a
+  quadrant edge, where the label is a coin flip; v2 also drops the scale bins
+  (``scale_bins=1``: shape × quadrant);
+* **a visibility floor** -- target contrast at least 0.35 (v1: 0.2, near the noise);
+* **fine structures a stride-2 decoder can resolve** -- lines 2 px wide, dots 3 px;
+* **nothing to memorise** -- :class:`SyntheticStream`: fresh training samples every
+  epoch, from a stream of the run's own seed (``set_epoch(epoch, seed)``, called
+  by the training engine), so seeds differ in the data they see while the arms
+  of one seed share it.
+
+The image size is the experiment's choice (the smallest that still expresses its
+task, e.g. 32 px for the classification labels).
 """
 
 from __future__ import annotations
@@ -85,6 +105,8 @@ from ..labels import IGNORE_INDEX
 
 __all__ = [
     "SYNTHETIC_VERSION",
+    "SYNTHETIC_VERSIONS",
+    "SyntheticStream",
     "SHAPES",
     "STUFF_CLASSES",
     "TASKS",
@@ -100,7 +122,26 @@ __all__ = [
 ]
 
 SYNTHETIC_VERSION = "synthetic-v1"
-"""Version of the generator's code and frozen defaults; part of every ``digest()``."""
+"""Version of the default ``SyntheticConfig()`` (the generator's code and frozen defaults); part of its ``digest()``."""
+SYNTHETIC_VERSIONS = ("synthetic-v1", "synthetic-v2")
+"""Every frozen version, each reproducible by name (:meth:`SyntheticConfig.preset`)."""
+
+# Fields added after synthetic-v1 and their v1 values: a config holding these values renders
+# exactly v1's samples, and they stay out of its digest so v1 digests never change.
+_V1_NEUTRAL = {"version": "synthetic-v1", "label_margin": 0.0}
+
+# What each version changes from SyntheticConfig()'s v1 defaults (the image size is the experiment's).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "synthetic-v1": {},
+    "synthetic-v2": {
+        "version": "synthetic-v2",
+        "scale_bins": 1,  # shape x quadrant: no scale-bin edge to fall on
+        "label_margin": 1.0,  # the target's centre >= 1 px from every quadrant edge
+        "target_contrast": (0.35, 0.7),  # a visibility floor well above the pixel noise
+        "thin_width": (2, 2),  # resolvable at a stride-2 decoder's output
+        "small_size": (3, 3),
+    },
+}
 
 TASKS = ("classification", "segmentation", "boundary")
 STUFF_CLASSES = ("background", "region", "line", "dot")
@@ -212,6 +253,11 @@ class SyntheticConfig:
     """Standard deviation of the per-pixel uniform noise added to every channel."""
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    label_margin: float = 0.0
+    """Pixels between the target's centre and every position-bin edge (and its size and every scale-bin
+    edge): no label decided by a fraction of a pixel.  0 (v1): the centre is uniform over the image."""
+    version: str = SYNTHETIC_VERSION
+    """The frozen version these defaults come from (:meth:`preset`); part of the digest."""
 
     def __post_init__(self) -> None:
         # tuples, so that a config built from lists (YAML, JSON) is hashable and digests alike
@@ -275,6 +321,20 @@ class SyntheticConfig:
                 fail(name, "must be ≥ 0")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             fail("std", "mean and std need 3 values, std > 0")
+        if self.version not in SYNTHETIC_VERSIONS:
+            fail("version", f"unknown; known versions: {', '.join(SYNTHETIC_VERSIONS)}")
+        if self.label_margin < 0:
+            fail("label_margin", "must be ≥ 0")
+        if self.label_margin > 0:
+            bin_px = self.image_size / self.position_bins
+            if self.object_size[1] * self.image_size / 2 + self.label_margin >= bin_px - self.label_margin:
+                fail("label_margin", f"no room: a target of the largest size ({self.object_size[1]} × "
+                                     f"{self.image_size} px) cannot sit {self.label_margin} px inside a "
+                                     f"{bin_px:g}-px position bin and inside the image")
+            if self.scale_bins > 1:
+                scale_px = (self.object_size[1] - self.object_size[0]) * self.image_size / self.scale_bins
+                if 2 * self.label_margin >= scale_px:
+                    fail("label_margin", f"wider than half a scale bin ({scale_px:g} px)")
         if self.num_mask_classes > 255:
             fail("shapes", "too many per-pixel classes (at most 255)")
 
@@ -286,9 +346,19 @@ class SyntheticConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self)}
 
+    @classmethod
+    def preset(cls, version: str, **changes: Any) -> SyntheticConfig:
+        """The frozen defaults of ``version`` (one of :data:`SYNTHETIC_VERSIONS`), with ``changes``
+        (e.g. ``image_size``) on top."""
+        if version not in _PRESETS:
+            raise ValueError(f"unknown synthetic version {version!r}; known: {', '.join(SYNTHETIC_VERSIONS)}")
+        return cls(**{**_PRESETS[version], **changes})
+
     def digest(self) -> str:
-        """Stable 16-hex-digit hash of the config and ``SYNTHETIC_VERSION`` (logged to MLflow)."""
-        payload = json.dumps({"version": SYNTHETIC_VERSION, **self.to_dict()}, sort_keys=True)
+        """Stable 16-hex-digit hash of the config and its version (logged to MLflow).  Fields added
+        after v1 enter it only when they differ from their v1 values, so v1 digests never change."""
+        fields = {k: v for k, v in self.to_dict().items() if not (k in _V1_NEUTRAL and v == _V1_NEUTRAL[k])}
+        payload = json.dumps({**fields, "version": self.version}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     # --------------------------------------------------------------- label spaces
@@ -545,13 +615,38 @@ def _render(cfg: SyntheticConfig, layout: _Layout, u: torch.Tensor, noise: torch
     lo, hi = cfg.object_size[0] * h, cfg.object_size[1] * h
     crop = math.ceil(hi) + 2
 
-    def paint_shapes(params: torch.Tensor, color: torch.Tensor, contrast_range) -> tuple[torch.Tensor, ...]:
-        """params (B, 9): shape, size, cx, cy, …, contrast (column 8), in [0, 1).  Returns shape id, size, cx, cy."""
+    margin = cfg.label_margin
+
+    def in_bin(u1: torch.Tensor, bins: int, start: float, stop: float, low: torch.Tensor | float,
+               high: torch.Tensor | float) -> torch.Tensor:
+        """A value uniform in one of ``bins`` equal bins of [start, stop] (the bin uniform too), at least
+        ``margin`` inside its bin's edges and within [low, high]; the bin and the place in it both come
+        from ``u1`` (its integer and fractional parts after scaling by ``bins``)."""
+        k = _pick(u1, bins)
+        frac = (u1 * bins - k).clamp(0.0, 1.0)
+        width = (stop - start) / bins
+        a = torch.clamp(start + k * width + margin, min=low)
+        b = torch.clamp(start + (k + 1) * width - margin, max=high)
+        return a + frac * (b - a)
+
+    def paint_shapes(params: torch.Tensor, color: torch.Tensor, contrast_range,
+                     labelled: bool = False) -> tuple[torch.Tensor, ...]:
+        """params (B, 9): shape, size, cx, cy, …, contrast (column 8), in [0, 1).  Returns shape id, size, cx, cy.
+
+        ``labelled`` (the target) with ``label_margin > 0``: size and centre keep the margin from
+        the scale- and position-bin edges their label is read from."""
         shape = _pick(params[:, 0], len(cfg.shapes))
-        size = _between(params[:, 1], lo, hi)
-        half = size / 2
-        cx = half + params[:, 2] * (w - size)
-        cy = half + params[:, 3] * (h - size)
+        if labelled and margin > 0:
+            size = (in_bin(params[:, 1], cfg.scale_bins, lo, hi, lo, hi) if cfg.scale_bins > 1
+                    else _between(params[:, 1], lo, hi))
+            half = size / 2
+            cx = in_bin(params[:, 2], cfg.position_bins, 0.0, float(w), half, w - half)
+            cy = in_bin(params[:, 3], cfg.position_bins, 0.0, float(h), half, h - half)
+        else:
+            size = _between(params[:, 1], lo, hi)
+            half = size / 2
+            cx = half + params[:, 2] * (w - size)
+            cy = half + params[:, 3] * (h - size)
         ox = torch.floor(cx - crop / 2).long().clamp(0, w - crop)
         oy = torch.floor(cy - crop / 2).long().clamp(0, h - crop)
         k = torch.arange(crop, dtype=torch.float32) + 0.5
@@ -591,7 +686,7 @@ def _render(cfg: SyntheticConfig, layout: _Layout, u: torch.Tensor, noise: torch
     # --- the target: red, painted last
     t = layout.get(u, "target")
     color = _jittered(torch.tensor(_TARGET_RGB).expand(b, 3), t[:, 4:7], cfg.color_jitter / 2)
-    shape, size, cx, cy = paint_shapes(t, color, cfg.target_contrast)
+    shape, size, cx, cy = paint_shapes(t, color, cfg.target_contrast, labelled=True)
     p = cfg.position_bins
     position = _pick(cy / h, p) * p + _pick(cx / w, p)
     scale = _pick((size - lo) / max(hi - lo, 1e-9), cfg.scale_bins)
@@ -762,7 +857,56 @@ class SyntheticDataset(Dataset):
 
     @property
     def source(self) -> str:
-        return f"dla_repro.data.synthetic {SYNTHETIC_VERSION} config={self.config.digest()} split={self.split} seed={self.seed} n={self.n}"
+        return (f"dla_repro.data.synthetic {self.config.version} config={self.config.digest()} split={self.split} "
+                f"seed={self.seed} n={self.n}")
+
+
+class SyntheticStream(SyntheticDataset):
+    """Fresh samples every epoch: ``n`` per epoch from a stream of the training run's own seed.
+
+    Epoch ``e`` of a run seeded ``s`` holds samples ``e·n … (e+1)·n − 1`` of the
+    stream ``(seed, f"{split}/run{s}")`` -- rendered by :meth:`set_epoch`, which
+    the training engine calls before each epoch (``engine.loaders.set_epoch``).
+    So no sample is seen twice (nothing to memorise), two seeds see different data
+    (the seed spread includes the data's), the arms of one seed see the same
+    data in the same order, and a resumed run re-renders exactly what it saw.
+    Until the first ``set_epoch`` it holds epoch 0 of run seed 0.
+    """
+
+    def __init__(self, config: SyntheticConfig | None = None, n: int = 1000, seed: int = 0, split: str = "train",
+                 task: str = "classification"):
+        self.config = config or SyntheticConfig()
+        self.seed, self.split, self.task, self.n = seed, split, task, n
+        self.epoch = self.run_seed = None
+        self.set_epoch(0, 0)
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Hold epoch ``epoch`` of the run seeded ``seed`` (re-rendered only when it changes)."""
+        if (epoch, seed) == (self.epoch, self.run_seed):
+            return
+        if epoch < 0 or seed < 0:
+            raise ValueError(f"epoch={epoch}, seed={seed}: must be ≥ 0")
+        data = generate(self.config, self.n, self.seed, f"{self.split}/run{seed}", start=epoch * self.n)
+        self.images, self.labels = data["image"], data["label"]
+        self.masks, self.boundaries = data["mask"].to(torch.uint8), data["boundary"].to(torch.uint8)
+        self.scenes = data["scene"]
+        self.epoch, self.run_seed = epoch, seed
+
+    def with_task(self, task: str) -> SyntheticStream:
+        other = SyntheticStream.__new__(SyntheticStream)
+        other.__dict__.update(self.__dict__)
+        other.task = task
+        return other
+
+    @property
+    def digest(self) -> str:
+        payload = f"{self.config.digest()}|{self.split}|{self.seed}|{self.n}|fresh per epoch and run seed"
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def source(self) -> str:
+        return (f"dla_repro.data.synthetic {self.config.version} config={self.config.digest()} split={self.split} "
+                f"seed={self.seed} n={self.n} per epoch, fresh each epoch from the run seed's stream")
 
 
 @dataclass
@@ -791,13 +935,16 @@ def make_splits(
     n_val: int = 500,
     seed: int = 0,
     task: str = "classification",
+    *,
+    fresh: bool = False,
 ) -> SyntheticSplits:
-    """Train (split ``"train"``) and validation (split ``"val"``) sets: unrelated streams, same config."""
+    """Train (split ``"train"``) and validation (split ``"val"``) sets: unrelated streams, same config.
+
+    ``fresh=True``: the training split is a :class:`SyntheticStream` (``n_train`` new samples every
+    epoch, from the run seed's stream); the validation set stays fixed."""
     config = config or SyntheticConfig()
-    return SyntheticSplits(
-        SyntheticDataset(config, n_train, seed, "train", task),
-        SyntheticDataset(config, n_val, seed, "val", task),
-    )
+    train = (SyntheticStream if fresh else SyntheticDataset)(config, n_train, seed, "train", task)
+    return SyntheticSplits(train, SyntheticDataset(config, n_val, seed, "val", task))
 
 
 # -------------------------------------------------------------------------- statistics

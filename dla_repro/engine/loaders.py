@@ -86,9 +86,14 @@ def make_loader(
 
 
 def set_epoch(loader: DataLoader | None, seed: int, epoch: int) -> None:
-    """Make ``loader``'s order and worker seeds those of epoch ``epoch``."""
+    """Make ``loader``'s order and worker seeds those of epoch ``epoch``; a dataset with a
+    ``set_epoch(epoch, seed)`` method (fresh samples per epoch, ``data.synthetic.SyntheticStream``)
+    is moved to that epoch of the run's stream too."""
     if loader is None:
         return
+    dataset_set_epoch = getattr(loader.dataset, "set_epoch", None)
+    if callable(dataset_set_epoch):
+        dataset_set_epoch(epoch, seed)
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
     if loader.generator is not None:
