@@ -28,6 +28,19 @@ class _Linear(nn.Module):
         return self.net(x)
 
 
+def test_synthetic_versions_by_name_v2_training_on_fresh_samples():
+    from dla_repro.data.synthetic import SyntheticStream
+
+    v1 = study.load_data("classification", "synthetic", image_size=32, n_train=8, n_val=4)
+    v2 = study.load_data("classification", "synthetic-v2", image_size=32, n_train=8, n_val=4)
+    assert v1.synthetic.version == "synthetic-v1" and not isinstance(v1.splits.train, SyntheticStream)
+    assert v2.synthetic.version == "synthetic-v2" and isinstance(v2.splits.train, SyntheticStream)
+    assert "synthetic-v2" in v2.description and "fresh per epoch" in v2.description
+    assert v2.num_classes == 16 < v1.num_classes == 32  # v2 has no scale bins
+    with pytest.raises(ValueError, match="data_root"):
+        study.load_data("classification", "synthetic-v3")
+
+
 def test_load_data_gives_one_type_for_every_task():
     for task in study.TASKS:
         data = study.load_data(task, image_size=32, n_train=8, n_val=4)

@@ -106,7 +106,9 @@ from ..labels import IGNORE_INDEX
 __all__ = [
     "SYNTHETIC_VERSION",
     "SYNTHETIC_VERSIONS",
+    "FRESH_BY_DEFAULT",
     "SyntheticStream",
+    "dataset_version",
     "SHAPES",
     "STUFF_CLASSES",
     "TASKS",
@@ -125,6 +127,8 @@ SYNTHETIC_VERSION = "synthetic-v1"
 """Version of the default ``SyntheticConfig()`` (the generator's code and frozen defaults); part of its ``digest()``."""
 SYNTHETIC_VERSIONS = ("synthetic-v1", "synthetic-v2")
 """Every frozen version, each reproducible by name (:meth:`SyntheticConfig.preset`)."""
+FRESH_BY_DEFAULT = {"synthetic-v1": False, "synthetic-v2": True}
+"""Whether a version's training split is a :class:`SyntheticStream` (fresh samples each epoch) by design."""
 
 # Fields added after synthetic-v1 and their v1 values: a config holding these values renders
 # exactly v1's samples, and they stay out of its digest so v1 digests never change.
@@ -145,6 +149,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 TASKS = ("classification", "segmentation", "boundary")
 STUFF_CLASSES = ("background", "region", "line", "dot")
+
+
+def dataset_version(dataset: str) -> str | None:
+    """The synthetic version a notebook's ``dataset`` parameter names (``"synthetic"`` is v1, as it always
+    was; ``"synthetic-v2"`` …), or ``None`` for a real dataset."""
+    name = str(dataset).lower()
+    if name == "synthetic":
+        return SYNTHETIC_VERSION
+    return name if name in SYNTHETIC_VERSIONS else None
 
 
 # ----------------------------------------------------------------------------- shapes

@@ -123,11 +123,12 @@ def _parameters(name: str, profile: str, manifest: Mapping[str, Any]) -> dict[st
 
 def synthetic_config(params: Mapping[str, Any]):
     """The ``SyntheticConfig`` a notebook ran with, from its parameters; ``None`` for a real dataset."""
-    from ..data.synthetic import SyntheticConfig
+    from ..data.synthetic import SyntheticConfig, dataset_version
 
-    if str(params.get("dataset", "synthetic")).lower() != "synthetic":
+    version = dataset_version(params.get("dataset", "synthetic"))
+    if version is None:
         return None
-    return SyntheticConfig(image_size=int(params["image_size"]))
+    return SyntheticConfig.preset(version, image_size=int(params["image_size"]))
 
 
 # ---------------------------------------------------------------------- the claims

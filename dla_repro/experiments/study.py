@@ -166,8 +166,11 @@ def load_data(
 ) -> StudyData:
     """The study's data: the synthetic ``task`` or a real dataset under ``data_root``.
 
-    ``synthetic`` (default): :func:`dla_repro.data.synthetic.make_splits` with the
-    frozen generator at ``image_size``, ``n_train`` / ``n_val`` samples from ``seed``.
+    ``synthetic`` (default, = ``synthetic-v1``) or ``synthetic-v2``:
+    :func:`dla_repro.data.synthetic.make_splits` with that version's frozen generator
+    at ``image_size``, ``n_train`` / ``n_val`` samples from ``seed``; a version whose
+    design trains on fresh samples (v2) gets ``n_train`` new ones every epoch, from
+    the training run's seed (:class:`~dla_repro.data.synthetic.SyntheticStream`).
     Real data, by task:
 
     * ``classification`` -- CIFAR-100 / ImageFolder readers with their standard
@@ -181,8 +184,11 @@ def load_data(
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: expected one of {', '.join(TASKS)}")
-    if dataset.lower() == "synthetic":
-        return _synthetic(task, image_size, n_train, n_val, seed)
+    from ..data.synthetic import dataset_version
+
+    version = dataset_version(dataset)
+    if version is not None:
+        return _synthetic(task, image_size, n_train, n_val, seed, version)
     if not data_root:
         raise ValueError(f"dataset={dataset!r} needs data_root (the folder that holds it)")
     if task == "classification":
@@ -190,13 +196,16 @@ def load_data(
     return _real_dense(task, dataset, data_root, crop_size or image_size, scale, rotate)
 
 
-def _synthetic(task: str, image_size: int, n_train: int, n_val: int, seed: int) -> StudyData:
-    from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
+def _synthetic(task: str, image_size: int, n_train: int, n_val: int, seed: int,
+               version: str = "synthetic-v1") -> StudyData:
+    from ..data.synthetic import FRESH_BY_DEFAULT, SyntheticConfig, make_splits
 
-    config = SyntheticConfig(image_size=image_size)
-    splits = make_splits(config, n_train, n_val, seed, task=task)
-    desc = (f"synthetic ({SYNTHETIC_VERSION}, digest {config.digest()}, {image_size}px, "
-            f"{n_train} train / {n_val} val)")
+    config = SyntheticConfig.preset(version, image_size=image_size)
+    fresh = FRESH_BY_DEFAULT[version]
+    splits = make_splits(config, n_train, n_val, seed, task=task, fresh=fresh)
+    per = " fresh per epoch" if fresh else ""
+    desc = (f"synthetic ({version}, digest {config.digest()}, {image_size}px, "
+            f"{n_train}{per} train / {n_val} val)")
     data = StudyData(task, splits, splits.train.num_classes, list(splits.train.class_names), desc, config,
                      tuple(config.mean), tuple(config.std))
     if task == "boundary":
