@@ -1,0 +1,238 @@
+"""The pilot: how much a plain baseline's result varies from seed to seed, and what budget that implies.
+
+A claim can only be decided by an instrument that can see the paper's effect.
+Before an ablation is trusted, its plain configuration is trained with several
+seeds on the frozen data and recipe, and the per-seed spread of the metric is
+measured; from it follow the minimum detectable effect (MDE) of a comparison at
+``n`` seeds and the seeds a target MDE needs.  Only the plain baseline is trained
+here (``dla_repro.models.plain``), never a method under test, so neither data nor
+recipe can have been tuned until a method wins.
+
+What a pilot records per budget (``pilot``; one row per seed in ``runs``, the
+summary in ``summary``):
+
+* ``sd`` -- the per-seed standard deviation of the final validation metric;
+* ``mde_at_n`` -- the smallest true difference a one-sided 5 % paired t-test on
+  ``n`` seeds detects with 80 % power, taking the two arms' per-seed results as
+  independent (correlation 0: conservative when, as in a sweep, both arms of a
+  seed share its data stream and so correlate positively):
+  ``MDE = (t_{0.95, n−1} + t_{0.80, n−1}) · sd · √(2/n)``;
+* ``seeds_for_target`` -- the smallest ``n`` whose MDE reaches the target;
+* ``late_gain`` -- how much the mean metric still rose over the last quarter of
+  training: a baseline that is still climbing when its learning rate reaches zero
+  has not converged, and its spread is the spread of *when* it learned, not of what.
+
+Run (one process per seed, one thread each; writes ``results/tables/pilot/``)::
+
+    python -m dla_repro.experiments.pilot --task classification --version synthetic-v2 \
+        --image-size 32 --steps 600 1200 --seeds 0 1 2 3 4 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from ..paths import results_dir
+
+__all__ = ["RECIPES", "recipe", "mde", "seeds_for", "pilot", "summarize", "main"]
+
+ALPHA, POWER = 0.05, 0.8
+
+# The frozen training recipes of the v2 instruments, set on the plain baseline only (see the module docstring):
+# AdamW, label smoothing, a short linear warmup then a cosine decay stepped after every update, and an EMA of
+# the weights (half-life about 140 updates) whose metric is the one reported -- it averages out the last
+# updates' noise.  ``iterations`` is the budget: the pilot chooses it.
+RECIPES: dict[tuple[str, str], dict] = {
+    ("synthetic-v2", "classification"): dict(
+        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, schedule="cosine", step_on_epochs=False,
+        warmup_epochs=1, warmup_lr=1e-5, min_lr=0.0, ema=True, ema_decay=0.995, label_smoothing=0.1,
+    ),
+    ("synthetic-v2", "segmentation"): dict(
+        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=32, schedule="cosine", step_on_epochs=False,
+        warmup_epochs=1, warmup_lr=1e-5, min_lr=0.0, ema=True, ema_decay=0.995, label_smoothing=0.0,
+    ),
+}
+METRICS = {"classification": "val_ema_top1", "segmentation": "val_ema_miou"}
+STEPS_PER_EPOCH = 25  # an "epoch" of the fresh stream is this many updates: the evaluation interval
+
+
+def recipe(version: str, task: str) -> dict:
+    """The frozen recipe of ``task`` on synthetic ``version`` (``TrainConfig`` fields + ``label_smoothing``)."""
+    if (version, task) not in RECIPES:
+        raise KeyError(f"no frozen recipe for {task} on {version}; known: {sorted(RECIPES)}")
+    return dict(RECIPES[(version, task)])
+
+
+def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of a one-sided paired t-test on ``n`` seeds, arms independent with spread ``sd``."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    t = stats.t(n - 1)
+    return float((t.ppf(1 - alpha) + t.ppf(power)) * sd * math.sqrt(2.0 / n))
+
+
+def seeds_for(sd: float, target: float, most: int = 200) -> int | None:
+    """The fewest seeds (≥ 2) whose :func:`mde` is at most ``target``; ``None`` beyond ``most``."""
+    for n in range(2, most + 1):
+        if mde(sd, n) <= target:
+            return n
+    return None
+
+
+# ------------------------------------------------------------------------------ training
+def _zero_head(model: torch.nn.Module) -> None:
+    """Zero the classifier: every class equally likely at the start (the chance loss), for every seed."""
+    head = model.fc if hasattr(model, "fc") else model.get_classifier()
+    torch.nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
+
+
+def _one_seed(task: str, version: str, image_size: int, steps: int, seed: int, n_val: int, threads: int,
+              parent_run: str | None = None) -> dict:
+    """Train the plain baseline for ``steps`` updates with ``seed``; its final metric and curve.
+
+    ``parent_run``: in a worker process, the MLflow run to nest under (the pilot's)."""
+    torch.set_num_threads(threads)
+    if parent_run:
+        from ..tracking import PARENT_RUN_ENV
+
+        os.environ[PARENT_RUN_ENV] = parent_run
+    from ..engine import ClassificationTask, SegmentationTask, TrainConfig, fit, seed_everything
+    from ..models.plain import PlainNet
+    from . import study
+
+    settings = recipe(version, task)
+    smoothing = settings.pop("label_smoothing")
+    per_epoch = STEPS_PER_EPOCH * settings["batch_size"]
+    data = study.load_data(task, version, image_size=image_size, n_train=per_epoch, n_val=n_val)
+    if task == "classification":
+        job = ClassificationTask(topk=(1,), label_smoothing=smoothing)
+    else:
+        job = SegmentationTask(data.num_classes)
+    config = TrainConfig(iterations=steps, seed=seed, device="cpu", progress=False, **settings)
+    seed_everything(seed)
+    model = PlainNet(data.num_classes, task)
+    _zero_head(model)
+    start = time.perf_counter()
+    result = fit(model, data.splits, config, job, run_name=f"pilot plain {task} {steps} steps seed={seed}",
+                 params={"model": "plain", "pilot": True, "data": data.description})
+    seconds = time.perf_counter() - start
+    metric = METRICS[task]
+    curve = result.history[["epoch", metric]].assign(step=lambda h: np.minimum((h["epoch"] + 1) * STEPS_PER_EPOCH,
+                                                                               steps))
+    return {"task": task, "version": version, "image_size": image_size, "steps": steps, "seed": seed,
+            "metric": metric, "value": float(result.final[metric]), "seconds": seconds, "threads": threads,
+            "run_id": result.run_id, "curve": curve[["step", metric]].values.tolist()}
+
+
+def pilot(task: str, version: str = "synthetic-v2", image_size: int = 32, steps: Sequence[int] = (600,),
+          seeds: Sequence[int] = (0, 1, 2, 3, 4), n_val: int = 5000, workers: int = 1) -> pd.DataFrame:
+    """Every (budget, seed) of the plain baseline, one row each (``curve``: ``[step, metric]`` per evaluation).
+
+    ``workers`` > 1 trains that many seeds at once, each in its own process with one thread.
+    """
+    jobs = [(task, version, image_size, s, seed, n_val, 1 if workers > 1 else torch.get_num_threads())
+            for s in steps for seed in seeds]
+    if workers > 1:
+        import multiprocessing
+
+        import mlflow
+
+        active = mlflow.active_run()
+        jobs = [(*job, active.info.run_id if active else None) for job in jobs]
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(_one_seed, *zip(*jobs)))
+    else:
+        rows = [_one_seed(*job) for job in jobs]
+    return pd.DataFrame(rows)
+
+
+def _late_gain(curves: Sequence[Sequence[Sequence[float]]]) -> float:
+    """Mean over seeds of (final metric − metric at three quarters of the budget)."""
+    gains = []
+    for curve in curves:
+        c = np.asarray(curve, dtype=float)
+        if len(c) < 2:
+            continue
+        at = np.interp(0.75 * c[-1, 0], c[:, 0], c[:, 1])
+        gains.append(c[-1, 1] - at)
+    return float(np.mean(gains)) if gains else math.nan
+
+
+def summarize(runs: pd.DataFrame, target: float, n: int = 5) -> pd.DataFrame:
+    """Per budget: mean, sd, MDE at ``n`` seeds, seeds for an MDE of ``target``, late gain, seconds per run."""
+    rows = []
+    for (task, version, size, steps), g in runs.groupby(["task", "version", "image_size", "steps"], sort=True):
+        sd = float(g["value"].std(ddof=1)) if len(g) > 1 else math.nan
+        rows.append({"task": task, "version": version, "image_size": size, "steps": steps, "metric": g["metric"].iloc[0],
+                     "seeds": len(g), "mean": float(g["value"].mean()), "sd": sd, "n": n, "mde_at_n": mde(sd, n),
+                     "target_mde": target, "seeds_for_target": seeds_for(sd, target),
+                     "late_gain": _late_gain(g["curve"]), "seconds_per_run": float(g["seconds"].median())})
+    return pd.DataFrame(rows)
+
+
+def write(runs: pd.DataFrame, summary: pd.DataFrame, folder: Path | None = None) -> Path:
+    """``pilot_runs.csv`` (without curves), ``pilot_curves.csv`` and ``pilot_summary.csv`` (rows of the same
+    task, version, size and budget replaced) under ``results/tables/pilot/``."""
+    folder = Path(folder or results_dir() / "tables" / "pilot")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ["task", "version", "image_size", "steps"]
+    curves = pd.DataFrame([{**{k: r[k] for k in (*key, "seed", "metric")}, "step": s, "value": v}
+                           for r in runs.to_dict("records") for s, v in r["curve"]])
+    from .. import tracking
+
+    tables = {"pilot_runs.csv": runs.drop(columns="curve").assign(hardware=tracking.hardware_label()),
+              "pilot_curves.csv": curves, "pilot_summary.csv": summary.assign(hardware=tracking.hardware_label())}
+    for name, df in tables.items():
+        path = folder / name
+        if path.exists():
+            old = pd.read_csv(path)
+            new_keys = set(map(tuple, df[key].astype(str).values))
+            old = old[[tuple(r) not in new_keys for r in old[key].astype(str).values]]
+            df = pd.concat([old, df], ignore_index=True)
+        df.to_csv(path, index=False, float_format="%.5g")
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dla_repro.experiments.pilot",
+                                     description="Per-seed spread of the plain baseline and the budget it implies.")
+    parser.add_argument("--task", choices=sorted({t for _, t in RECIPES}), default="classification")
+    parser.add_argument("--version", default="synthetic-v2")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, nargs="+", default=[600])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--n-val", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument("--target", type=float, default=None,
+                        help="target MDE (default: 0.03 top-1 for classification, 0.02 mIoU for segmentation)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not touch results/")
+    args = parser.parse_args(argv)
+    from .. import tracking
+
+    tracking.configure()
+    target = args.target if args.target is not None else {"classification": 0.03, "segmentation": 0.02}[args.task]
+    with tracking.child_run("pilot", {"task": args.task, "version": args.version, "image_size": args.image_size,
+                                      "steps": list(args.steps), "seeds": list(args.seeds)}, experiment="pilot"):
+        runs = pilot(args.task, args.version, args.image_size, args.steps, args.seeds, args.n_val, args.workers)
+    summary = summarize(runs, target)
+    print(summary.drop(columns=["task", "version"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if not args.no_write:
+        print(f"written to {write(runs, summary)}")
+
+
+if __name__ == "__main__":
+    main()
