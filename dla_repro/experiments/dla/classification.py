@@ -308,10 +308,12 @@ def run_ablation(
 
 # ---------------------------------------------------------------------------- tables
 def summary(results: Results, metric: str = METRIC) -> pd.DataFrame:
-    """Mean, standard deviation and seeds of ``metric`` and size per (ablation, trial)."""
+    """Mean, standard deviation and seeds of ``metric`` and size per (ablation, trial); the widths
+    (``channels``, ``width_mult``) where the runs record them."""
     r = results.runs
     g = r.groupby(["ablation", "trial", "config"], sort=False)
-    out = g.agg(n_params=("n_params", "first"), seeds=("seed", "count"),
+    widths = {c: (c, "first") for c in ("channels", "width_mult") if c in r}
+    out = g.agg(n_params=("n_params", "first"), **widths, seeds=("seed", "count"),
                 mean=(metric, "mean"), std=(metric, "std"), min=(metric, "min"), max=(metric, "max"),
                 train_seconds=("train_seconds", "mean")).reset_index()
     out.insert(3, "metric", metric)
