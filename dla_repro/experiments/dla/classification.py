@@ -211,7 +211,8 @@ def ablation_trials(ablation: str, spec: ModelSpec, modes: Sequence[str] = AGGRE
             for residual in (False, True):
                 label = f"{depth} (depth {_depth(levels)}) {'residual' if residual else 'plain'} node"
                 out.append(_trial(f"{depth}/residual={'on' if residual else 'off'}", spec,
-                                  {**extra, "residual_root": residual}, config=label, tree=depth))
+                                  {**extra, "residual_root": residual}, config=label, tree=depth,
+                                  width_mult=1.0))
         return out
     if ablation == "kernel":
         (k1,) = matched_family(spec.variant, modes=("full",), tolerance=tolerance, **spec.base)  # the baseline
