@@ -85,6 +85,12 @@ def test_every_claim_between_two_trials_is_matched_within_the_declared_tolerance
     assert same_widths_3x3 / counts["kernel=1x1"] > 1.3  # why the 3×3 arm is narrowed
 
 
+def test_an_arm_that_cannot_be_matched_stops_the_ablation_before_training():
+    # the compact ResNeXt variant's widths move in steps of 32: no 3×3 arm within ±5 % of its 1×1 DLA
+    with pytest.raises(ValueError, match=r"dla46x_c aggregation='full'.*tolerance 5%"):
+        exp.ablation_trials("kernel", exp.ModelSpec("dla46x_c", num_classes=1000))
+
+
 def test_claims_label_the_paper_comparison_and_the_extension():
     statements = {c.b: c.statement for c in exp.claims(TINY) if c.family == "aggregation"}
     assert "primary, paper-faithful" in statements["agg=none"] and "extension" not in statements["agg=none"]

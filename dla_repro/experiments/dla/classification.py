@@ -32,7 +32,13 @@ data of ``study.load_data("classification", ...)``:
   map, read by the next block, tree and stage and added to the residual, so its
   width is the stage's.  The 1×1 arm stays the baseline DLA (shared with A and
   B); the comparison asks whether parameters are better spent on 3×3 nodes or on
-  width.
+  width.  Where no multiplier gets within the tolerance the ablation stops before
+  training with ``matched_family``'s error rather than run an unfair arm: so for
+  the compact ResNeXt variants at their own widths (``dla46x_c`` and ``dla60x_c``:
+  their stage widths move in steps of 32 so the groups stay whole, too coarse
+  for stages of 64-256 channels), and ``dla60x_c`` already in ablation A; choose ``channels`` or another
+  variant.  For the other eight variants and the notebook's DLA-34 widths both
+  ablations match.
 
 **Fair start.** Every model is trained from scratch, and with the official
 fan-out init of the classifier the arms started at different losses, all above
