@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 matplotlib.use("Agg")
@@ -19,6 +22,7 @@ from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  
 from dla_repro.engine import TrainConfig  # noqa: E402
 from dla_repro.experiments import study  # noqa: E402
 from dla_repro.experiments.dla import classification as exp  # noqa: E402
+from dla_repro.models.dla import create_dla  # noqa: E402
 from dla_repro.paths import results_dir  # noqa: E402
 
 TINY = exp.ModelSpec("dla34", num_classes=32, channels=(8, 8, 16, 24, 48, 96), deep_levels=(1, 1, 1, 1, 4, 1))
@@ -32,6 +36,81 @@ def test_aggregation_trials_match_parameters_and_keep_full_as_is():
     assert all(abs(n / full - 1) <= 0.05 for n in counts.values()), counts
     assert planned[-1].trial.params["width_mult"] == 1.0
     assert {p.trial.params["aggregation"] for p in planned} == {"none", "ida", "hda", "full"}
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_every_arm_of_every_ablation_starts_at_chance_loss():
+    """The study's zero classifier: cross-entropy at initialisation is ln C for every trial, whatever its body."""
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 5, 17, 31])
+    for ablation in exp.ABLATIONS:
+        for p in exp.ablation_trials(ablation, TINY):
+            assert p.trial.params["head_init_scale"] == 0.0
+            torch.manual_seed(0)
+            model = p.trial.build()
+            for train in (True, False):
+                with torch.no_grad():
+                    loss = torch.nn.functional.cross_entropy(model.train(train)(x), y).item()
+                assert abs(loss - math.log(32)) <= 1e-4, (p.trial.name, train, loss)
+    # with the official init the arms would not start together
+    official = dataclasses.replace(TINY, head_init_scale=1.0)
+    losses = []
+    for p in exp.ablation_trials("aggregation", official, modes=["none", "full"]):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses.append(torch.nn.functional.cross_entropy(p.trial.build()(x), y).item())
+    assert min(losses) > math.log(32) + 0.1
+
+
+def test_every_claim_between_two_trials_is_matched_within_the_declared_tolerance():
+    trials = {p.trial.name: p for ablation in exp.ABLATIONS for p in exp.ablation_trials(ablation, TINY)}
+    counts = {name: _n_params(p.trial.build()) for name, p in trials.items()}
+    declared = exp.claims(TINY)
+    between_trials = [c for c in declared if c.a in trials and c.b in trials]
+    assert len(between_trials) == 6 and all(c.matched == exp.MATCH_TOLERANCE == 0.05 for c in between_trials)
+    assert [c.matched for c in declared if c not in between_trials] == [None]  # the residual gains: groups
+    for c in between_trials:
+        na, nb = counts[c.a], counts[c.b]
+        assert abs(na - nb) / max(na, nb) <= c.matched, (c.text, na, nb)
+    # the residual term adds no parameter; the 3×3 arm is narrowed (one width multiplier), the 1×1 arm is full
+    assert counts["deep/residual=on"] == counts["deep/residual=off"] != counts["shallow/residual=on"]
+    k1, k3 = trials["kernel=1x1"].trial, trials["kernel=3x3"].trial
+    assert k1.params["width_mult"] == 1.0 and k3.params["width_mult"] < 1.0 and k3.params["root_kernel"] == 3
+    assert k1.params["channels"] == "8,8,16,24,48,96" and k3.params["channels"] != k1.params["channels"]
+    assert trials["kernel=3x3"].trial.build().level5.root.conv.kernel_size == (3, 3)
+    same_widths_3x3 = _n_params(create_dla("dla34", **{**TINY.base, "root_kernel": 3}))
+    assert same_widths_3x3 / counts["kernel=1x1"] > 1.3  # why the 3×3 arm is narrowed
+
+
+def test_an_arm_that_cannot_be_matched_stops_the_ablation_before_training():
+    # the compact ResNeXt variant's widths move in steps of 32: no 3×3 arm within ±5 % of its 1×1 DLA
+    with pytest.raises(ValueError, match=r"dla46x_c aggregation='full'.*tolerance 5%"):
+        exp.ablation_trials("kernel", exp.ModelSpec("dla46x_c", num_classes=1000))
+
+
+def test_claims_label_the_paper_comparison_and_the_extension():
+    statements = {c.b: c.statement for c in exp.claims(TINY) if c.family == "aggregation"}
+    assert "primary, paper-faithful" in statements["agg=none"] and "extension" not in statements["agg=none"]
+    for side in ("agg=ida", "agg=hda"):
+        assert statements[side].startswith("this project's extension (the paper defines no IDA-only / HDA-only")
+    assert {c.family for c in exp.claims(TINY) if c.b.startswith("agg=")} == {"aggregation"}  # one Holm family
+
+
+def test_claim_arms_hook_is_tiny_and_builds_the_notebooks_trials():
+    arms = exp.claim_arms()
+    assert tuple(arms.example.shape) == (2, 3, 32, 32)
+    assert [c.text for c in arms.claims] == [c.text for c in exp.claims(exp.ARMS_SPEC)]
+    named = {side for c in arms.claims for side in (c.a, c.b)} - {"deep gain", "shallow gain"}
+    assert named <= set(arms.build)
+    for name, planned in ((p.trial.name, p) for a in exp.ABLATIONS for p in exp.ablation_trials(a, exp.ARMS_SPEC)):
+        # the same models as the notebook's trials, but for the head's init (zero heads all output 0)
+        model, ours = arms.build[name](), planned.trial.build()
+        assert model.dla_config == {**ours.dla_config, "head_init_scale": 1.0}
+        assert _n_params(model) == _n_params(ours)
+    assert study.arm_problems(arms) == []
 
 
 def test_residual_trials_compare_a_shallow_and_a_deep_tree_and_share_the_baseline():

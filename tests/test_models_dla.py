@@ -3,6 +3,7 @@ ablation switches, matched families and the checkpoint loader."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -130,6 +131,26 @@ def test_switches_block_root_kernel_residual_and_tiny_split():
         create_dla("dla34", block="split", channels=(8, 8, 16, 32, 64, 128))
     with pytest.raises(ValueError, match="aggregation"):
         create_dla("dla34", aggregation="dense")
+
+
+def test_head_init_scale_zero_starts_every_mode_at_chance_and_one_is_the_official_init():
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 4])
+    torch.manual_seed(0)
+    default = create_dla("dla34", **TINY)
+    torch.manual_seed(0)
+    half = create_dla("dla34", head_init_scale=0.5, **TINY)
+    assert default.dla_config["head_init_scale"] == 1.0 and half.dla_config["head_init_scale"] == 0.5
+    assert torch.equal(half.fc.weight, 0.5 * default.fc.weight) and torch.equal(half.fc.bias, 0.5 * default.fc.bias)
+    assert torch.equal(half.level5.root.conv.weight, default.level5.root.conv.weight)  # the body is untouched
+    for mode in AGGREGATION_MODES:
+        for residual in (False, True):
+            model = create_dla("dla34", aggregation=mode, residual_root=residual, head_init_scale=0.0, **TINY)
+            assert not model.fc.weight.any() and not model.fc.bias.any()
+            loss = torch.nn.functional.cross_entropy(model(x), y)  # train mode: what the first step sees
+            assert abs(loss.item() - math.log(5)) < 1e-6
+            loss.backward()
+            assert model.fc.weight.grad.abs().sum() > 0  # the head learns from the first step
+    assert create_dla("dla34", head_init_scale=0.0, **{**TINY, "num_classes": 0})(x).shape == (4, 256)
 
 
 def test_grad_checkpointing_trains():

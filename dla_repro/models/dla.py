@@ -109,6 +109,16 @@ class DLA(nn.Module):
         aggregation: ``"full"``, ``"hda"``, ``"ida"`` or ``"none"``.
         level_roots: for stages 2-5, whether the stage input joins the stage's
             last node (IDA across stages); the official nets use (F, T, T, T).
+        head_init_scale: factor on the classifier's initial weight and bias
+            (timm's name and meaning for the same switch, e.g. ``convnext.py``).
+            1 (default): the official init, unchanged.  0: a zero classifier --
+            every logit is 0 at initialisation, so the cross-entropy starts at
+            exactly ln(num_classes) whatever the backbone computes, and models
+            that differ only in their body start from the same loss (the
+            from-scratch ablations, :mod:`dla_repro.experiments.dla.classification`).
+            The head's weight gradient (softmax − onehot) ⊗ features is not zero,
+            so it learns at the first step and the body from the second.  Applied
+            at construction only (``reset_classifier`` builds a fresh head).
     """
 
     def __init__(
@@ -128,6 +138,7 @@ class DLA(nn.Module):
         drop_rate: float = 0.0,
         output_stride: int = 32,
         act_layer: LayerType = "relu",
+        head_init_scale: float = 1.0,
     ):
         super().__init__()
         levels, channels = tuple(int(v) for v in levels), tuple(int(c) for c in channels)
@@ -161,6 +172,7 @@ class DLA(nn.Module):
             global_pool=global_pool,
             drop_rate=float(drop_rate),
             act_layer=act_layer if isinstance(act_layer, str) else getattr(act_layer, "__name__", str(act_layer)),
+            head_init_scale=float(head_init_scale),
         )
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.channels = channels
@@ -192,9 +204,9 @@ class DLA(nn.Module):
             self.num_features, num_classes, pool_type=global_pool, use_conv=True, drop_rate=drop_rate
         )
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self._init_weights()
+        self._init_weights(head_init_scale)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, head_init_scale: float = 1.0) -> None:
         # the official init: N(0, 2/n), n = k·k·out_channels (= He, fan-out), BN γ=1, β=0
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -202,6 +214,11 @@ class DLA(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if head_init_scale != 1.0 and isinstance(self.fc, nn.Conv2d):  # num_classes=0: no classifier
+            with torch.no_grad():
+                self.fc.weight.mul_(head_init_scale)
+                if self.fc.bias is not None:
+                    self.fc.bias.mul_(head_init_scale)
 
     # --- timm model interface -------------------------------------------------
     @torch.jit.ignore

@@ -9,7 +9,12 @@ of the target ``P*`` (by default that of ``full``)::
     w* = argmin_w |P_mode(w) / P* − 1|,   channels = round(w · c_l / d_l) · d_l
 
 with ``c_l`` the variant's six widths and ``d_l`` the step that keeps each level
-valid (:func:`_channel_divisors`).  This is our design of a fair ablation, not a
+valid (:func:`_channel_divisors`); a mode that cannot get within ``tolerance``
+(default ±5 %, relative to ``P*``) is an error, never a silently unfair arm.
+The same rule matches any other switch to a target: ``matched_family(variant,
+modes=("full",), target_params=P, root_kernel=3)`` is the 3×3-node DLA narrowed
+to ``P`` (the node-kernel ablation of
+:mod:`dla_repro.experiments.dla.classification`).  This is our design of a fair ablation, not a
 table of the paper (arXiv 1707.06484 §5.1 compares DLA with ResNet/ResNeXt
 backbones of similar size, and has no IDA-only or HDA-only network).
 """
