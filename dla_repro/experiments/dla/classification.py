@@ -111,7 +111,7 @@ __all__ = [
     "runs_groups",
 ]
 
-DATASETS = ("synthetic", "cifar100", "imagefolder")
+DATASETS = ("synthetic", "synthetic-v2", "cifar100", "imagefolder")  # "synthetic" is synthetic-v1
 ABLATIONS = ("aggregation", "residual", "kernel")
 METRIC = "val_top1"  # final-epoch validation top-1: no selection on the validation set
 KERNEL_TOLERANCE = 0.02  # |Δ top-1| below which the 3×3 node counts as "no gain"
