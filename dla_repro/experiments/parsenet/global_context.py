@@ -424,13 +424,13 @@ def plot_receptive_field(image: torch.Tensor, rf: Mapping[str, Any], mean=(0.5,)
     h, w = image.shape[-2:]
     top, left = (c - h) // 2, (c - w) // 2
     whole = rf["theoretical_canvas"]
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.8))
     axes[0].imshow(board)
     axes[0].add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, ec="white", lw=1.5, ls=":"))
     axes[0].add_patch(Rectangle((whole.left - 0.5, whole.top - 0.5), whole.width, whole.height, fill=False,
                                 ec="tab:red", lw=2.5))
     axes[0].set_title(f"theoretical field: {whole.height}×{whole.width} px (whole)\n"
-                      f"on a {c}×{c} mirrored canvas; dotted: the {h}×{w} image")
+                      f"on a {c}×{c} mirrored canvas; dotted: the {h}×{w} image", fontsize=9)
     axes[1].imshow(board, alpha=0.45)
     im = axes[1].imshow((rf["heat"] / rf["heat"].max().clamp(min=1e-12)).numpy(), cmap="magma", alpha=0.7)
     if rf["box"] is not None:
@@ -439,7 +439,7 @@ def plot_receptive_field(image: torch.Tensor, rf: Mapping[str, Any], mean=(0.5,)
                                     ls="--"))
     eh, ew = rf["empirical_size"]
     axes[1].set_title(f"gradient ERF: {eh}×{ew} px box, {rf['area']} px ≥ {rf['threshold']:.0%} of peak\n"
-                      f"= {rf['fraction']:.1%} of the theoretical field's area")
+                      f"= {rf['fraction']:.1%} of the theoretical field's area", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -576,7 +576,7 @@ def plot_feature_norms(norms: pd.DataFrame, hue: str | None = "model"):
     fused = norms[norms["kind"] != LEVEL].copy()
     if hue and hue in fused:
         fused[hue] = fused[hue] + fused["kind"].map({FUSED: "", AFTER_L2: ", after L2"})
-    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.6), gridspec_kw={"width_ratios": [1, 1.3]})
+    fig, axes = plt.subplots(1, 2, figsize=(14.0, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
     for ax, data, title in ((axes[0], levels, "backbone levels"), (axes[1], fused, "fused features")):
         if len(data):
             sns.boxplot(data=data, x="layer", y="norm", hue=hue if hue in data else None, ax=ax, showfliers=False)
@@ -586,7 +586,7 @@ def plot_feature_norms(norms: pd.DataFrame, hue: str | None = "model"):
         ax.set_ylabel("‖x‖₂ over channels, per position")
         ax.tick_params(axis="x", labelrotation=20)
         if ax.get_legend() is not None:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
