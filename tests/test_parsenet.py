@@ -12,13 +12,16 @@ from dla_repro.kernels import ENV_VAR
 from dla_repro.models.parsenet import (
     FUSIONS,
     L2NormScale,
+    LastLevel,
     ParseNetHead,
     ParseNetSegmenter,
     create_parsenet,
     global_context,
+    late_hidden_channels,
     load_vgg_fc_weights,
     vgg16_fcn,
     vgg_fc_neck,
+    without_batchnorm,
 )
 from dla_repro.models.segmentation import select_levels
 
@@ -80,6 +83,7 @@ def test_head_shapes_and_context(fusion, l2norm):
 
 
 def test_early_and_late_fusion_are_the_same_function_with_linear_classifiers():
+    """Why the heads are non-linear: with one 1×1 conv each, late is early with its weight split in two."""
     early = ParseNetHead(4, 3, fusion="early", l2norm=True)
     late = ParseNetHead(4, 3, fusion="late", l2norm=True)
     with torch.no_grad():
@@ -94,6 +98,95 @@ def test_early_and_late_fusion_are_the_same_function_with_linear_classifiers():
         late.global_classifier[-1].bias.zero_()
     x = torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(early(x), late(x))
+
+
+def _interaction(head: ParseNetHead, x: torch.Tensor) -> torch.Tensor:
+    """The mixed second difference of the scores at position (1, 1) in its local feature and the global context.
+
+    ``dl`` changes the local features at (1, 1) but not their mean (it moves them from (3, 3)); ``dg`` changes
+    the mean but not (1, 1).  A head whose scores are ``a(local) + b(global)`` gives 0.
+    """
+    dl = torch.zeros_like(x)
+    dl[:, :, 1, 1] += 3.0 * torch.randn(x.shape[:2], dtype=x.dtype)
+    dl[:, :, 3, 3] -= dl[:, :, 1, 1]
+    dg = torch.zeros_like(x)
+    dg[:, :, 4, 0] += 30.0 * torch.randn(x.shape[:2], dtype=x.dtype)
+    s = [head(x + a + b)[:, :, 1, 1] for a, b in ((dl, dg), (dl, 0), (0, dg), (0, 0))]
+    return (s[0] - s[1] - s[2] + s[3]).abs().max()
+
+
+@pytest.mark.parametrize("l2norm", [True, False])
+def test_nonlinear_heads_make_early_and_late_different_functions(l2norm):
+    """Late fusion is additively separable in local and global features for any weights; early fusion through
+    an MLP is not -- so no choice of weights makes them one function (with linear heads both are separable)."""
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    heads = {}
+    for fusion, hidden in (("early", 16), ("late", 16), ("early", None)):
+        torch.manual_seed(0)
+        head = ParseNetHead(6, 3, fusion=fusion, l2norm=l2norm, hidden_channels=hidden).double().eval()
+        with torch.no_grad():  # weights of a trained scale (N(0, 0.01²) leaves ReLUs nearly linear around 0)
+            for m in head.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.normal_(0, 1.0)
+                    m.bias.normal_(0, 1.0)
+        heads[(fusion, hidden)] = head
+    with torch.no_grad():
+        assert _interaction(heads[("early", 16)], x) > 1e-3
+        assert _interaction(heads[("late", 16)], x) < 1e-10
+        assert _interaction(heads[("early", None)], x) < 1e-10  # linear early: separable too (the old equivalence)
+        assert not torch.allclose(heads[("early", 16)](x), heads[("late", 16)](x))
+
+
+@pytest.mark.parametrize("widths", [64, [32, 64], [512, 4096], [16, 64]])
+@pytest.mark.parametrize("classes", [10, 33])
+def test_late_hidden_width_matches_early_head_parameters(widths, classes):
+    hidden = 64
+    early = ParseNetHead(widths, classes, fusion="early", hidden_channels=hidden)
+    late = ParseNetHead(widths, classes, fusion="late", hidden_channels=hidden,
+                        late_hidden_channels=late_hidden_channels(widths, classes, hidden))
+    n_early, n_late = (sum(p.numel() for p in h.parameters()) for h in (early, late))
+    assert abs(n_early - n_late) / max(n_early, n_late) < 0.02
+    assert late_hidden_channels(widths, classes, 0) == 0
+
+
+def test_multi_layer_head_fuses_levels_on_the_finest_grid():
+    shallow, deep = torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)
+    for fusion in FUSIONS:
+        head = ParseNetHead([4, 6], 3, fusion=fusion, l2norm=True, hidden_channels=8).eval()
+        assert head([shallow, deep]).shape == (2, 3, 8, 8)
+        feats = head.fused_features([shallow, deep])
+        assert [tuple(f.shape[1:]) for f in feats] == [(4, 8, 8), (6, 8, 8)] + ([(6, 1, 1)] if fusion != "none" else [])
+        assert len(head.fused_names) == len(feats) == len(head.fused_norms)
+        torch.testing.assert_close(feats[0], shallow)
+        if fusion != "none":
+            torch.testing.assert_close(feats[-1], global_context(deep))  # pooled from the deep level itself
+        for norm, f in zip(head.fused_norms, feats):  # the L2 layer equalises every fused feature's norm
+            torch.testing.assert_close(norm(f).norm(dim=1), torch.full(f.shape[:1] + f.shape[2:], 10.0))
+    assert len(ParseNetHead([4, 6], 3, fusion="late").shallow_classifiers) == 1
+    assert not ParseNetHead([4, 6], 3, fusion="early").shallow_classifiers
+    assert "levels=(4, 6)" in repr(ParseNetHead([4, 6], 3))
+    with pytest.raises(ValueError, match="2 levels"):
+        ParseNetHead([4, 6], 3)(deep)
+
+
+def test_multi_layer_segmenter_without_batchnorm():
+    model = create_parsenet("dlarepro_dla34", 5, tiny=True, out_indices=(0, 1, 2, 3), feature_index=(2, 3),
+                            batchnorm=False, fusion="late", hidden_channels=8)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert model.head.level_channels == (32, 64) and model.feature_index == (2, 3)
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 5, 32, 32) and model.forward_scores(x).shape == (2, 5, 8, 8)  # stride 4
+    # without batch norm the features do not depend on the rest of the batch
+    model.train()
+    torch.testing.assert_close(model(x)[:1], model(x[:1]))
+    plain = without_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    assert isinstance(plain[1], nn.Identity)
+
+
+def test_vgg16_multi_layer_fuses_conv4_3_with_fc7():
+    model = vgg16_fcn(num_classes=3, fc_channels=16, fusion="early", l2norm=True, shallow_levels=(3,)).eval()
+    assert isinstance(model.neck, LastLevel) and model.head.level_channels == (512, 16)
+    assert model.forward_scores(torch.randn(1, 3, 64, 64)).shape == (1, 3, 8, 8)  # conv4_3's stride 8
 
 
 def test_head_options():

@@ -31,6 +31,36 @@ def test_every_trial_builds_a_segmenter(trial):
         assert float(norm.scale.detach()[0]) == 10.0
     else:
         assert isinstance(norm, torch.nn.Identity)
+    # non-linear heads (conv → ReLU → conv), the multi-layer trials on the backbone without batch norm
+    assert isinstance(model.head.classifier[1], torch.nn.ReLU)
+    assert model.feature_index == ((1, 2) if settings["multi_layer"] else -1)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert has_bn == settings["batchnorm"]
+
+
+def test_early_and_late_heads_are_matched_and_linear_heads_remain_possible():
+    for multi in (False, True):
+        early, late = (pn.build_model(10, fusion=f, multi_layer=multi, batchnorm=not multi) for f in ("early", "late"))
+        n_early, n_late = (sum(p.numel() for p in m.head.parameters()) for m in (early, late))
+        assert abs(n_early - n_late) / n_early < 0.01  # the heads themselves, not only the whole models
+    linear = pn.build_model(10, fusion="late", hidden_channels=0)
+    assert len(linear.head.classifier) == 1 and len(linear.head.global_classifier) == 1
+
+
+def test_claim_arms_differ_except_where_only_training_can_tell_them_apart():
+    arms = pn.claim_arms()
+    assert study.arm_problems(arms) == []
+    declared = [c.text for c in pn.claims()]
+    assert [c.text for c in arms.claims] == [t for t in declared if t not in pn.SAME_AT_INIT]
+    assert [c.matched for c in pn.claims() if c.expect == "equal"] == [pn.MATCHED]
+    # the one claim left out: the same function when built, different trainable parameters
+    (text,) = pn.SAME_AT_INIT
+    (claim,) = [c for c in pn.claims() if c.text == text]
+    missing = study.arm_problems(study.ClaimArms([claim], arms.build, arms.example))
+    assert len(missing) == 1 and "compute the same function" in missing[0]
+    learned, fixed = (arms.build[side]() for side in (claim.a, claim.b))
+    trainable = [{n for n, p in m.named_parameters() if p.requires_grad} for m in (learned, fixed)]
+    assert trainable[0] - trainable[1] == {"head.local_norm.scale", "head.global_norm.scale"}
 
 
 def test_make_trials_rejects_unknown_names():
@@ -76,13 +106,16 @@ def _runs(values: dict[str, list[float]], ctx: dict[str, list[float]] | None = N
 
 def test_claims_follow_the_measured_spreads():
     runs = _runs(
-        {"fcn": [0.30, 0.32, 0.29], "early": [0.20, 0.22, 0.19], "early_l2": [0.40, 0.41, 0.39],
+        {"fcn": [0.30, 0.32, 0.29], "early_multi": [0.20, 0.22, 0.19], "early_multi_l2": [0.30, 0.31, 0.28],
+         "early_l2": [0.40, 0.41, 0.39],
          "late_l2": [0.404, 0.413, 0.395]},  # paired by seed: the per-seed differences vary a little
-        ctx={"fcn": [0.4, 0.45, 0.5], "early": [0.3] * 3, "early_l2": [float("nan")] * 3, "late_l2": [0.1] * 3},
+        ctx={"fcn": [0.4, 0.45, 0.5], "early_multi": [0.3] * 3, "early_multi_l2": [0.2] * 3,
+             "early_l2": [float("nan")] * 3, "late_l2": [0.1] * 3},
     )
     verdicts = {v.claim: v for v in study.judge(pn.claims(equal_tolerance=0.02), runs)}
     assert verdicts["global context helps (ParseNet > FCN baseline)"].verdict == REPRODUCED
-    assert verdicts["early fusion needs normalisation"].verdict == REPRODUCED
+    norm = verdicts["early fusion needs normalisation (multi-layer, no batch norm)"]
+    assert norm.verdict == REPRODUCED and (norm.a, norm.b) == ("early_multi_l2", "early_multi")
     assert verdicts["with normalisation, early ≈ late fusion"].verdict == REPRODUCED
     # context error undefined for early_l2 (nothing found): inconclusive, not dropped
     ctx = verdicts["global context resolves context classes (lower context error)"]
@@ -94,14 +127,15 @@ def test_claims_follow_the_measured_spreads():
     assert study.judge(pn.claims(min_effect=0.0),
                        _runs({"fcn": [0.300, 0.301, 0.302], "early_l2": [0.304, 0.306, 0.305]}))[0].verdict == REPRODUCED
     # trials that were not run: claim left out
-    assert "late fusion needs normalisation" not in verdicts
+    assert "late fusion needs normalisation (multi-layer, no batch norm)" not in verdicts
     assert "a learned scale γ beats a fixed one" not in verdicts
     flipped = study.judge(pn.CLAIMS, _runs({"fcn": [0.5, 0.51, 0.49], "early_l2": [0.3, 0.32, 0.29]}))
     assert flipped[0].verdict == NOT_REPRODUCED
     table = study.claims_markdown(list(verdicts.values()))
     assert table.count("\n") == len(verdicts) + 1 + 2 and "n/a" in table  # + the rule below the table
     summary = pn.summarize(runs)
-    assert list(summary["trial"]) == ["fcn", "early", "early_l2", "late_l2"]
+    assert list(summary["trial"]) == ["fcn", "early_multi", "early_multi_l2", "early_l2", "late_l2"]
+    assert list(summary["multi_layer"]) == [False, True, True, False, False]
     assert summary.loc[0, "eval_miou_mean"] == pytest.approx((0.30 + 0.32 + 0.29) / 3)
     # the figure marks the trial whose context error is undefined instead of leaving a silent gap
     fig = pn.plot_ablation(runs)
@@ -109,20 +143,67 @@ def test_claims_follow_the_measured_spreads():
     assert [t.get_text() for t in ctx_ax.texts] == ["undefined"]
 
 
+def test_claims_as_runs_before_the_multi_layer_trials_declared_them():
+    """rejudge: a run whose notebook had no shallow_level parameter is re-judged with its own claims."""
+    legacy, _ = pn.rejudge_claims({"equal_tolerance": 0.05}, None, None)
+    current, _ = pn.rejudge_claims({"equal_tolerance": 0.05, "shallow_level": 2}, None, None)
+    assert current == pn.claims(0.05)
+    old = {c.text: c for c in legacy}
+    early = old["early fusion needs normalisation"]
+    assert (early.a, early.b) == ("early_l2", "early")
+    assert old["with normalisation, early ≈ late fusion"].matched is None
+    assert {c.text for c in legacy} - {c.text for c in current} == {"early fusion needs normalisation",
+                                                                   "late fusion needs normalisation"}
+    with pytest.raises(ValueError, match="normalisation"):
+        pn.claims(normalisation="both")
+
+
 def test_receptive_fields_and_feature_norms_on_a_tiny_net():
     torch.manual_seed(0)
     model = pn.build_model(4, fusion="none", l2norm=False, level=2).eval()
     images = torch.randn(2, 3, 32, 32)
-    rf = pn.receptive_fields(model, images, patch=8, stride=8, large_size=128)
-    assert rf["theoretical_full"].height >= rf["theoretical"].height
-    assert 0 < rf["fraction"] <= 1 and rf["heat"].shape == (32, 32)
+    rf = pn.receptive_fields(model, images, large_size=128)
+    full, whole = rf["theoretical_full"], rf["theoretical_canvas"]
+    assert rf["canvas"] > max(full.height, full.width) and not whole.clipped  # the field fits on the canvas
+    assert (whole.height, whole.width) == (full.height, full.width) and rf["heat"].shape == (rf["canvas"],) * 2
+    assert 0 < rf["fraction"] <= 1 and rf["box"] is not None
+    t, l, b, r = rf["box"]
+    assert whole.top <= t and b <= whole.bottom and whole.left <= l and r <= whole.right
     table = pn.receptive_field_table(rf)
-    assert len(table) == 3 and (table["fraction_of_image"] > 0).all()
+    assert len(table) == 4 and (table["fraction_of_theoretical"] > 0).all()
+    assert not table.loc[2, "clipped"]  # the gradient ERF is whole on the canvas
     norms = pn.feature_norms(model, images)
-    layers = list(dict.fromkeys(norms["layer"]))
-    assert layers[0].startswith("level0") and layers[-1].startswith("global") and len(layers) == 4
-    assert (norms["norm"] >= 0).all()
-    assert not model.training
+    levels = list(dict.fromkeys(norms.loc[norms["kind"] == "level", "layer"]))
+    assert levels[0].startswith("level0") and len(levels) == 3
+    assert list(dict.fromkeys(norms.loc[norms["kind"] == "fused", "layer"])) == ["level2 (stride 4, 32 ch)"]
+    assert (norms["norm"] >= 0).all() and not model.training
+
+
+def test_feature_norms_show_the_mismatch_the_l2_layer_repairs():
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 32, 32)
+    model = pn.build_model(4, fusion="early", l2norm=True, level=2, multi_layer=True, batchnorm=False).train()
+    norms = pn.feature_norms(model, images, batch_stats=True).assign(model="m")
+    assert model.training  # the model itself is left as it was
+    fused = list(dict.fromkeys(norms.loc[norms["kind"] == "fused", "layer"]))
+    assert fused == ["level1 (stride 2, 16 ch)", "level2 (stride 4, 32 ch) → stride 2", "global (GAP of level2)"]
+    table = pn.norm_mismatch(norms)
+    before = table[table["kind"] == "fused"]
+    after = table[table["kind"] == "fused, after L2"]
+    assert before["ratio"].iloc[0] == pytest.approx(before["mean_norm"].max() / before["mean_norm"].min())
+    assert before["ratio"].iloc[0] > 2 and after["ratio"].iloc[0] == pytest.approx(1.0, abs=1e-3)
+    assert after["mean_norm"].to_numpy() == pytest.approx(10.0, rel=1e-3)  # γ₀ = 10 at every fused feature
+    # an untrained batch-normalised model in eval mode measures the network without its batch norms
+    bn = pn.build_model(4, fusion="early", level=2)
+    eval_mode = pn.norm_mismatch(pn.feature_norms(bn, images).assign(model="m"))
+    stripped = pn.build_model(4, fusion="early", level=2, batchnorm=False)
+    stripped.load_state_dict({k: v for k, v in bn.state_dict().items() if k in stripped.state_dict()})
+    same = pn.norm_mismatch(pn.feature_norms(stripped, images).assign(model="m"))
+    assert eval_mode["mean_norm"].to_numpy() == pytest.approx(same["mean_norm"].to_numpy(), rel=1e-4)
+    assert pn.norm_trials(["fcn", "early_l2", "early_multi_l2", "early_multi"]) == ["early_multi", "early_multi_l2",
+                                                                                      "early_l2"]
+    assert pn.norm_trials(["fcn", "late_l2"]) == ["late_l2"]
+    assert pn.plot_feature_norms(norms) is not None
 
 
 @pytest.mark.slow

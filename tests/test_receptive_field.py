@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from dla_repro.analysis.receptive_field import (
+    canvas,
     empirical_receptive_field,
     extent,
+    gradient_receptive_field,
     theoretical_receptive_field,
 )
 
@@ -80,10 +82,76 @@ def test_a_unit_that_sees_one_pixel_has_a_tiny_field():
     model = nn.Conv2d(3, 5, 1)
     image = torch.randn(3, 16, 16)
     assert theoretical_receptive_field(model, "", 16).size == (1, 1)
-    emp = empirical_receptive_field(model, "", image, patch=1, stride=1)
+    emp = empirical_receptive_field(model, "", image)  # the defaults: 1-px probes at every pixel
     assert emp.area == 1 and emp.box.size == (1, 1) and (emp.box.top, emp.box.left) == (8, 8)
-    emp = empirical_receptive_field(model, "", image, patch=3, stride=1)
+    emp = empirical_receptive_field(model, "", image, patch=3, stride=1, attribution="spread")
     assert emp.area <= 25 and emp.fraction < 0.1 and emp.side <= 5
+
+
+def test_the_probe_inflates_the_occlusion_field_and_the_centre_attribution_halves_it():
+    """Why the empirical field was re-measured: ParseNet's probe as first used here (an 8-px noise patch every
+    4 px, its change spread over the patch) makes a 1×1 field 12×12; attributed to the patch's centre it is
+    the field dilated by patch − 1 (8×8); 1–2 px probes measure 1×1 and 2×2; the gradient ERF 1×1."""
+    model = nn.Conv2d(3, 5, 1)
+    image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    old = empirical_receptive_field(model, "", image, patch=8, stride=4, attribution="spread")
+    assert old.box.size == (12, 12) and old.area == 144
+    assert empirical_receptive_field(model, "", image, patch=8, stride=4).box.size == (8, 8)
+    assert empirical_receptive_field(model, "", image, patch=2).box.size == (2, 2)
+    assert empirical_receptive_field(model, "", image, patch=1).box.size == (1, 1)
+    grad = gradient_receptive_field(model, "", image)
+    assert grad.method == "gradient" and grad.area == 1 and (grad.box.top, grad.box.left) == (8, 8)
+    with pytest.raises(ValueError, match="attribution"):
+        empirical_receptive_field(model, "", image, attribution="middle")
+
+
+@pytest.mark.parametrize("model", [nn.Identity(), nn.Conv2d(3, 5, 1)], ids=["identity", "conv1x1"])
+def test_gradient_erf_of_a_pointwise_map_is_one_pixel(model):
+    images = torch.randn(3, 3, 9, 9)
+    erf = gradient_receptive_field(model, "", images, canvas_size=21)
+    assert erf.area == 1 and erf.box.size == (1, 1) and (erf.box.top, erf.box.left) == (10, 10)
+    assert erf.map.shape == (21, 21) and not erf.box.clipped
+
+
+def _linear_top(k: int, channels: int = 8) -> nn.Sequential:
+    """k 3×3 convs with ReLUs between them (none after the last: no dead output unit)."""
+    return nn.Sequential(*list(_convs(k, channels))[:-1])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_gradient_erf_of_k_3x3_convs_is_inside_2k_plus_1_and_wider_than_a_pixel(k):
+    torch.manual_seed(k)
+    model = _linear_top(k)
+    theo = theoretical_receptive_field(model, "", 31)
+    assert theo.size == (2 * k + 1, 2 * k + 1)
+    erf = gradient_receptive_field(model, "", torch.randn(4, 3, 16, 16), canvas_size=31)  # canvas > field
+    assert not erf.box.clipped and erf.area > 1
+    assert 1 < erf.box.height <= 2 * k + 1 and 1 < erf.box.width <= 2 * k + 1
+    assert theo.top <= erf.box.top and erf.box.bottom <= theo.bottom  # inside the theoretical field
+
+
+def test_canvas_puts_the_image_at_the_centre_of_a_mirrored_board():
+    image = torch.arange(12.0).view(1, 3, 4)
+    board = canvas(image, (9, 10))
+    assert board.shape == (1, 9, 10)
+    torch.testing.assert_close(board[:, 3:6, 3:7], image)
+    torch.testing.assert_close(board[:, 3:6, 2], image[:, :, 1])  # reflected about the left border
+    assert canvas(image, 40).shape == (1, 40, 40)  # many reflections
+    zeros = canvas(image[None], (5, 6), fill="zeros")
+    assert zeros.shape == (1, 1, 5, 6) and zeros.sum() == image.sum() and zeros[0, 0, 0, 0] == 0
+    with pytest.raises(ValueError, match="smaller"):
+        canvas(image, 2)
+
+
+def test_a_canvas_larger_than_the_field_keeps_the_gradient_erf_from_being_clipped():
+    """On the bare image, a field larger than the image is cut at the border; on a larger canvas it is whole."""
+    torch.manual_seed(0)
+    model = _linear_top(6)  # 13×13 field
+    image = torch.randn(3, 9, 9)
+    bare = gradient_receptive_field(model, "", image, threshold=1e-9)  # the whole support
+    whole = gradient_receptive_field(model, "", image, canvas_size=25, threshold=1e-9)
+    assert bare.box.clipped and bare.box.size == (9, 9)
+    assert not whole.box.clipped and whole.box.size == (13, 13)
 
 
 def test_whole_map_position_and_mode_restored():

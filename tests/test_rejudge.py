@@ -29,10 +29,11 @@ OLD_COLUMNS = ["claim", "metric", "a", "b", "mean_a", "mean_b", "delta", "se", "
 
 
 def _runs() -> pd.DataFrame:
-    values = {"fcn": [0.30, 0.31, 0.29], "early": [0.20, 0.21, 0.19], "early_l2": [0.40, 0.41, 0.39],
-              "late_l2": [0.405, 0.395, 0.40]}
+    values = {"fcn": [0.30, 0.31, 0.29], "early_multi": [0.20, 0.21, 0.19], "early_multi_l2": [0.40, 0.41, 0.39],
+              "early_l2": [0.40, 0.41, 0.39], "late_l2": [0.405, 0.395, 0.40]}
     nan = float("nan")
-    ctx = {"fcn": [0.4, 0.45, 0.5], "early": [0.3] * 3, "early_l2": [nan] * 3, "late_l2": [0.1] * 3}
+    ctx = {"fcn": [0.4, 0.45, 0.5], "early_multi": [0.3] * 3, "early_multi_l2": [0.2] * 3, "early_l2": [nan] * 3,
+           "late_l2": [0.1] * 3}
     return pd.DataFrame([{"trial": t, "seed": s, "eval_miou": v, "eval_miou_context": v / 2,
                           "eval_context_error": ctx[t][s]} for t, vals in values.items() for s, v in enumerate(vals)])
 
@@ -115,9 +116,9 @@ def test_a_table_without_per_seed_values_is_rejudged_from_the_runs_table_beside_
     assert "values_a" not in old
     pd.testing.assert_frame_equal(new, claims_table(study.judge(pn.claims(0.05), runs)))
     # the same verdict as judging the per-seed values directly, seeds in increasing order
-    row = new[new["claim"] == "early fusion needs normalisation"].iloc[0]
+    row = new[new["claim"] == "early fusion needs normalisation (multi-layer, no batch norm)"].iloc[0]
     direct = compare(row["claim"], [0.40, 0.41, 0.39], [0.20, 0.21, 0.19], metric="eval_miou",
-                     names=("early_l2", "early"), min_effect=pn.MIN_EFFECT, paired=True)  # the seeds agree
+                     names=("early_multi_l2", "early_multi"), min_effect=pn.MIN_EFFECT, paired=True)  # seeds agree
     assert (row["verdict"], row["p"]) == (direct.verdict, pytest.approx(direct.p))
     assert (row["values_a"], row["values_b"]) == ((0.40, 0.41, 0.39), (0.20, 0.21, 0.19))  # seeds 0, 1, 2
     assert REPRODUCED != new["verdict"].iloc[1]  # the old verdicts are not kept

@@ -22,12 +22,29 @@ legitimately widen the field.  Cost: one float64 forward and input-gradient at
 ``input_size``.  The field is clipped by the image border: ``clipped`` says
 the box touches it (use a larger ``input_size`` to see it whole).
 
-*Empirical* (:func:`empirical_receptive_field`): ParseNet's measurement --
-slide a small patch of random noise over an image and record how much the
-layer's activation changes (at one position, by default the centre, or over
-the whole map); the change of each patch placement is spread over the pixels
-it covers and averaged, giving a map on the input grid.  Its extent is the set
-of pixels above ``threshold`` (5%) of the maximum change.
+*Empirical*, two ways, both with the unit's field whole on the input:
+
+* :func:`gradient_receptive_field` -- the gradient ERF (Luo et al., "Understanding
+  the Effective Receptive Field in Deep Convolutional Neural Networks", arXiv
+  1701.04128, §2-3): ``|∂ Σ_c y_c(centre) / ∂x|`` summed over the input
+  channels and averaged over images, on a *canvas* larger than the theoretical
+  field (:func:`canvas`: the image mirror-tiled around itself), so the border
+  cannot cut the field short.  No probe, so nothing is added to the field: a
+  1×1 convolution measures 1×1.
+* :func:`empirical_receptive_field` -- ParseNet's measurement (arXiv 1506.04579,
+  §3.1): slide a small patch of random noise over an image and record how much
+  the layer's activation changes (at one position, by default the centre, or
+  over the whole map).  Every placement that *overlaps* the field changes the
+  unit, so the probe widens what it measures: attributing each change to the
+  probe's centre (``attribution="centre"``, the default) gives the field
+  dilated by ``patch - 1`` pixels; spreading it over all the pixels the patch
+  covers (``"spread"``, how it was measured before) by ``2·(patch - 1)``, and
+  by more when ``stride`` skips placements -- a 1×1 field measured with an 8-px
+  patch every 4 px came out 12×12.  Hence the defaults: 1-px probes at every
+  pixel (exact, and costly: one forward per pixel).
+
+Either map's extent is the set of pixels above ``threshold`` (5%) of its
+maximum (:func:`extent`).
 """
 
 from __future__ import annotations
@@ -38,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -45,9 +63,13 @@ __all__ = [
     "EmpiricalReceptiveField",
     "theoretical_receptive_field",
     "empirical_receptive_field",
+    "gradient_receptive_field",
+    "canvas",
     "extent",
     "capture",
 ]
+
+ATTRIBUTIONS = ("centre", "spread")
 
 Position = Union[None, str, Tuple[int, int]]
 
@@ -79,7 +101,11 @@ class ReceptiveField:
 
 @dataclass
 class EmpiricalReceptiveField:
-    """The occlusion map (``H×W`` on the input grid) and the extent of the region above ``threshold·max``."""
+    """The map (``H×W`` on the input grid) and the extent of the region above ``threshold·max``.
+
+    ``method``: ``"occlusion"`` (:func:`empirical_receptive_field`) or
+    ``"gradient"`` (:func:`gradient_receptive_field`, whose grid is the canvas).
+    """
 
     map: torch.Tensor
     area: int  # pixels above threshold
@@ -87,6 +113,7 @@ class EmpiricalReceptiveField:
     fraction: float  # area / (H·W)
     threshold: float
     position: Optional[Tuple[int, int]]
+    method: str = "occlusion"
 
     @property
     def side(self) -> float:
@@ -249,18 +276,27 @@ def _placements(size: int, patch: int, stride: int) -> List[int]:
     return starts
 
 
+def _cells(start: int, patch: int, stride: int, size: int, attribution: str) -> slice:
+    """The pixels (along one axis) a placement at ``start`` writes its change to."""
+    if attribution == "spread":
+        return slice(start, start + patch)
+    first = min(max(start + patch // 2 - stride // 2, 0), size - 1)  # the stride-wide cell around the centre
+    return slice(first, min(first + stride, size))
+
+
 @torch.no_grad()
 def empirical_receptive_field(
     model: nn.Module,
     layer: str,
     image: torch.Tensor,
-    patch: int = 8,
-    stride: int = 4,
+    patch: int = 1,
+    stride: int = 1,
     position: Position = None,
     threshold: float = 0.05,
     batch_size: int = 32,
     noise_std: Optional[float] = None,
     seed: int = 0,
+    attribution: str = "centre",
 ) -> EmpiricalReceptiveField:
     """ParseNet's empirical receptive field of ``layer`` by sliding a random-noise patch.
 
@@ -272,7 +308,18 @@ def empirical_receptive_field(
     (default the centre of its map; ``"all"``: over the whole map).  Every
     batch holds the clean image too, so clean and occluded activations come
     from the same computation.  The model runs in eval mode (restored after).
+
+    ``attribution``: where a placement's change lands on the map --
+    ``"centre"`` (default) the ``stride×stride`` cell around the patch's centre
+    pixel, so the measured field is the true one dilated by ``patch - 1``;
+    ``"spread"`` every pixel the patch covers (averaged where placements
+    overlap), dilated by ``2·(patch - 1)`` -- the measurement as it was first
+    made here, kept to show the bias (module docstring).  With the default
+    1-px probes at every pixel the two agree and nothing is dilated.  The
+    image's border clips the field: use :func:`canvas` to measure it whole.
     """
+    if attribution not in ATTRIBUTIONS:
+        raise ValueError(f"attribution={attribution!r}: expected one of {', '.join(ATTRIBUTIONS)}")
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1:
@@ -309,11 +356,83 @@ def empirical_receptive_field(
                 picked = _pick(act, pos).double()
                 change = (picked[1:] - picked[:1]).norm(dim=1).cpu()
                 for (t, l), c in zip(chunk, change.tolist()):
-                    heat[t : t + patch, l : l + patch] += c
-                    count[t : t + patch, l : l + patch] += 1
+                    rows, cols = _cells(t, patch, stride, H, attribution), _cells(l, patch, stride, W, attribution)
+                    heat[rows, cols] += c
+                    count[rows, cols] += 1
     finally:
         model.train(was_training)
     heat = heat / count.clamp(min=1)
     mask = _above(heat, threshold)
     area = int(mask.sum())
     return EmpiricalReceptiveField(heat, area, _box(mask, pos, (H, W)), area / (H * W), threshold, pos)
+
+
+def canvas(image: torch.Tensor, size: Union[int, Sequence[int]], fill: str = "mirror") -> torch.Tensor:
+    """``image`` (``C×H×W`` or ``N×C×H×W``) at the centre of a ``size`` canvas (at least the image's size).
+
+    ``fill="mirror"``: the image reflected about its borders, again and again
+    (the canvas keeps the image's statistics and has no seams); ``"zeros"``:
+    zero padding (the mean colour of a normalised image).  The image sits at
+    rows ``(S_h - H) // 2 …`` and columns ``(S_w - W) // 2 …``.
+    """
+    if fill not in ("mirror", "zeros"):
+        raise ValueError(f"fill={fill!r}: expected 'mirror' or 'zeros'")
+    x = image if image.dim() == 4 else image.unsqueeze(0)
+    H, W = x.shape[-2:]
+    Sh, Sw = _size2(size)
+    if Sh < H or Sw < W:
+        raise ValueError(f"canvas {Sh}×{Sw} is smaller than the image ({H}×{W})")
+    top, left = (Sh - H) // 2, (Sw - W) // 2
+    pads = [left, Sw - W - left, top, Sh - H - top]  # F.pad order: left, right, top, bottom
+    if fill == "zeros":
+        x = F.pad(x, pads)
+    while any(pads) and fill == "mirror":
+        h, w = x.shape[-2:]
+        step = [min(pads[0], w - 1), min(pads[1], w - 1), min(pads[2], h - 1), min(pads[3], h - 1)]
+        x = F.pad(x, step, mode="reflect")
+        pads = [p - q for p, q in zip(pads, step)]
+    return x if image.dim() == 4 else x[0]
+
+
+def gradient_receptive_field(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    position: Position = None,
+    threshold: float = 0.05,
+    canvas_size: Optional[Union[int, Sequence[int]]] = None,
+    fill: str = "mirror",
+) -> EmpiricalReceptiveField:
+    """The gradient ERF of ``layer`` at ``position`` (default: the centre of its map).
+
+    ``images`` (``C×H×W`` or ``N×C×H×W``) are each put on a ``canvas_size``
+    canvas (:func:`canvas`; default: the images as they are -- choose a canvas
+    larger than the theoretical field so the border cannot clip it); the map
+    is ``|∂ Σ_c y_c(position) / ∂x|`` summed over input channels and averaged
+    over the images (Luo et al., arXiv 1701.04128: a gradient of one at the
+    unit, zero elsewhere, propagated back).  The model runs in eval mode
+    (restored after; batch norms then use their running statistics, so the
+    images do not interact) and is not changed.
+    """
+    x = images if images.dim() == 4 else images.unsqueeze(0)
+    if canvas_size is not None:
+        x = canvas(x, canvas_size, fill)
+    x = x.detach().clone().requires_grad_(True)
+    H, W = x.shape[-2:]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), capture(model, layer) as seen:
+            model(x)
+            if not seen:
+                raise ValueError(f"layer {layer!r} did not run in the forward pass")
+            act = seen[0]
+            pos = _resolve_position(position, act)
+            (grad,) = torch.autograd.grad(_pick(act, pos).sum(), x)
+    finally:
+        model.train(was_training)
+    heat = grad.detach().abs().sum(dim=1).mean(dim=0).double().cpu()
+    mask = _above(heat, threshold)
+    area = int(mask.sum())
+    return EmpiricalReceptiveField(heat, area, _box(mask, pos, (H, W)), area / (H * W), threshold, pos,
+                                   method="gradient")
