@@ -47,20 +47,20 @@ def test_early_and_late_heads_are_matched_and_linear_heads_remain_possible():
     assert len(linear.head.classifier) == 1 and len(linear.head.global_classifier) == 1
 
 
-def test_claim_arms_differ_except_where_only_training_can_tell_them_apart():
+def test_claim_arms_differ_learned_and_fixed_scale_by_what_they_train():
     arms = pn.claim_arms()
     assert study.arm_problems(arms) == []
-    declared = [c.text for c in pn.claims()]
-    assert [c.text for c in arms.claims] == [t for t in declared if t not in pn.SAME_AT_INIT]
+    assert [c.text for c in arms.claims] == [c.text for c in pn.claims()]
     assert [c.matched for c in pn.claims() if c.expect == "equal"] == [pn.MATCHED]
-    # the one claim left out: the same function when built, different trainable parameters
-    (text,) = pn.SAME_AT_INIT
-    (claim,) = [c for c in pn.claims() if c.text == text]
-    missing = study.arm_problems(study.ClaimArms([claim], arms.build, arms.example))
-    assert len(missing) == 1 and "compute the same function" in missing[0]
+    # learned vs fixed γ: the same function when built, told apart only by the parameters they train
+    (claim,) = [c for c in pn.claims() if "learned scale" in c.text]
     learned, fixed = (arms.build[side]() for side in (claim.a, claim.b))
     trainable = [{n for n, p in m.named_parameters() if p.requires_grad} for m in (learned, fixed)]
     assert trainable[0] - trainable[1] == {"head.local_norm.scale", "head.global_norm.scale"}
+    frozen_everywhere = study.ClaimArms([study.Claim("x", "fixed", "fixed_again", "m")],
+                                        {"fixed": arms.build[claim.b], "fixed_again": arms.build[claim.b]},
+                                        arms.example)
+    assert "compute the same function" in study.arm_problems(frozen_everywhere)[0]
 
 
 def test_make_trials_rejects_unknown_names():

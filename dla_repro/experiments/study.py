@@ -487,9 +487,11 @@ def arm_problems(arms: ClaimArms, seed: int = 0) -> list[str]:
     """What makes a claim's two arms unfit to compare, one line each (empty: fit).
 
     For every claim whose sides are both trials: the two models, built after the
-    same ``seed``, must not be the same function -- outputs on ``arms.example``
-    differ, in eval mode -- and, for a claim declared ``matched``, their parameter
-    counts must agree within that fraction of the larger one.
+    same ``seed``, must not be the same function -- their outputs on
+    ``arms.example`` differ, in eval mode, or they train different parameters (a
+    learned vs a frozen scale starts as the same function; only training tells
+    them apart) -- and, for a claim declared ``matched``, their parameter counts
+    must agree within that fraction of the larger one.
     """
     problems = []
     for c in arms.claims:
@@ -503,8 +505,12 @@ def arm_problems(arms: ClaimArms, seed: int = 0) -> list[str]:
             out_a, out_b = (m(arms.example) for m in models)
         if isinstance(out_a, Mapping):
             out_a, out_b = next(iter(out_a.values())), next(iter(out_b.values()))
-        if out_a.shape == out_b.shape and torch.allclose(out_a, out_b, rtol=1e-5, atol=1e-6):
-            problems.append(f"{c.text!r}: {c.a} and {c.b} compute the same function (outputs equal)")
+        trainable = [sorted((n, tuple(p.shape)) for n, p in m.named_parameters() if p.requires_grad)
+                     for m in models]
+        same_output = out_a.shape == out_b.shape and torch.allclose(out_a, out_b, rtol=1e-5, atol=1e-6)
+        if same_output and trainable[0] == trainable[1]:
+            problems.append(f"{c.text!r}: {c.a} and {c.b} compute the same function (outputs equal, "
+                            "same trainable parameters)")
         if c.matched is not None:
             na, nb = (_n_params(m) for m in models)
             gap = abs(na - nb) / max(na, nb)
