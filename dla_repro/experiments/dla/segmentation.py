@@ -61,6 +61,7 @@ from ...analysis.claims import Verdict
 from ...engine import SegmentationTask, TrainConfig, Trial
 from ...labels import IGNORE_INDEX
 from ...metrics.segmentation import SegmentationMetrics, TolerantFScore, dataset_metrics
+from ...models.aggregation import AggregationNode
 from ...models.dla_up import count_params, create_dla_up
 from .. import study
 from ..study import Claim
@@ -149,8 +150,7 @@ def describe(models: Mapping[str, nn.Module], reference: str = "ida_up") -> pd.D
     decoder + classifier) and the gap to ``reference``'s count (the ±5 % of the matched claims)."""
     rows = []
     for name, m in models.items():
-        kernels = sorted({mod.kernel_size for mod in m.decoder.modules()
-                          if type(mod).__name__ == "AggregationNode"})
+        kernels = sorted({mod.kernel_size for mod in m.decoder.modules() if isinstance(mod, AggregationNode)})
         rows.append({"trial": name, "decoder": m.decoder_name, "node kernel": "/".join(map(str, kernels)) or "-",
                      "width": _widths(m), "output stride": _output_stride(m), "params": count_params(m),
                      "decoder + classifier params": count_params(m.decoder) + count_params(m.classifier)})
