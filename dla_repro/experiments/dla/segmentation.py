@@ -37,7 +37,7 @@ The study (:mod:`dla_repro.experiments.study`) with this paper's pieces:
 * :func:`plot_per_class`, :func:`plot_curves`, :func:`predict_examples` +
   :func:`plot_examples` -- the figures.
 
-Fine structures.  The synthetic lines are one pixel wide and the dots 2–3 px:
+Fine structures.  The synthetic (v1) lines are one pixel wide and the dots 2–3 px:
 IoU counts only exact overlaps, so a line drawn one pixel off scores 0, and at a
 short budget every arm -- the plain baseline included -- scored IoU 0 on them,
 which tests nothing.  The fine-structure claim is therefore judged on the
