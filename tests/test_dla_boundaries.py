@@ -85,7 +85,7 @@ def test_sobel_fires_on_a_step_edge_only():
 
 # ---------------------------------------------------------------------------- trials
 def test_parse_trials_and_errors():
-    assert B.parse_trials(["ida_up:10", "fcn:1"]) == [("ida_up", 10.0), ("fcn", 1.0)]
+    assert B.parse_trials(["ida_up:10", "fcn:1", "skip:10"]) == [("ida_up", 10.0), ("fcn", 1.0), ("skip", 10.0)]
     with pytest.raises(ValueError, match="decoder:edge_weight"):
         B.parse_trials(["ida_up"])
     with pytest.raises(ValueError, match="not a number"):
@@ -97,6 +97,22 @@ def test_parse_trials_and_errors():
     assert trials[0].task.class_weights == [1.0, 10.0]
     out = trials[1].build().eval()(torch.randn(1, 3, 32, 32))
     assert out.shape == (1, 2, 32, 32)
+    (skip,) = B.make_trials(["skip:10"])
+    model = skip.build().eval()
+    assert model.decoder_name == "skip" and model.forward_scores(torch.randn(1, 3, 32, 32)).shape == (1, 2, 16, 16)
+
+
+def test_the_tolerance_is_one_pixel_on_synthetic_data_and_the_benchmarks_on_real_data():
+    synthetic = study.load_data("boundary", image_size=32, n_train=2, n_val=1)
+    assert B.tolerance(synthetic) == B.SYNTHETIC_TOLERANCE_PX == 1.0
+    assert B.tolerance(synthetic, 2.0) == 2.0 and B.tolerance(synthetic, 0.0) is None
+    real = study.StudyData("boundary", None, 2, ["non-boundary", "boundary"], "real", synthetic=None)
+    assert B.tolerance(real, 1.0) is None  # BSDS500: 0.0075 × diagonal, unchanged
+    gt = np.zeros((64, 64), bool)
+    gt[:, 29] = True  # the synthetic convention: the pixel before a vertical label change ...
+    other = np.roll(gt, 1, axis=1).astype(float)  # ... and the one after it
+    assert B.score_edges([other], [[gt]], 5)["ods"] == 0.0
+    assert B.score_edges([other], [[gt]], 5, max_dist_px=B.tolerance(synthetic))["ods"] == pytest.approx(1.0)
 
 
 def test_run_ablation_with_a_stand_in_model_scores_every_run():
@@ -106,14 +122,16 @@ def test_run_ablation_with_a_stand_in_model_scores_every_run():
     trials = [Trial(f"tiny w={w:g}", {"decoder": "tiny", "edge_weight": w}, _TinyEdgeNet, task=boundary_task(w))
               for w in (1.0, 10.0)]
     cfg = TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=1e-3, progress=False)
-    ab = B.run("t", trials, data, cfg, seeds=[0, 1], thresholds=5, n_keep=2)
+    ab = B.run("t", trials, data, cfg, seeds=[0, 1], thresholds=5, n_keep=2, max_dist_px=B.tolerance(data))
     assert len(ab.runs) == 4 and ab.runs[["ods", "ois", "ap"]].notna().all().all()
+    assert (ab.runs["tolerance"] == "1 px").all()  # which tolerance ran, in every row
     assert set(ab.artifacts) == {("tiny w=1", 0), ("tiny w=1", 1), ("tiny w=10", 0), ("tiny w=10", 1)}
     assert all(len(a["edge_maps"]) == 2 and a["edge_maps"][0].shape == (32, 32) for a in ab.artifacts.values())
     assert "curve" not in ab.runs and "edge_maps" not in ab.runs  # artifacts stay out of the table
-    sobel = B.score_edges(B.sobel_edges([data.val[i][0] for i in range(3)]), data.gts, 5)
+    sobel = B.score_edges(B.sobel_edges([data.val[i][0] for i in range(3)]), data.gts, 5, max_dist_px=1.0)
     summary = B.summarize(ab.runs, {"Sobel": sobel})
     assert list(summary["trial"]) == ["tiny w=1", "tiny w=10", "Sobel"] and (summary["seeds"] == [2, 2, 0]).all()
+    assert (summary["tolerance"] == "1 px").all()
     fig = B.plot_pr_curves({k: a["curve"] for k, a in ab.artifacts.items()}, summary, {"Sobel": sobel["curve"]})
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == 3 and all("ODS" in t and "OIS" in t and "AP" in t for t in labels)
@@ -123,20 +141,32 @@ def test_run_ablation_with_a_stand_in_model_scores_every_run():
 
 def test_claims_from_hand_made_runs():
     runs = pd.DataFrame({
-        "trial": ["ida_up w=10"] * 3 + ["fcn w=10"] * 3 + ["ida_up w=1"] * 3,
-        "decoder": ["ida_up"] * 3 + ["fcn"] * 3 + ["ida_up"] * 3,
-        "edge_weight": [10.0] * 6 + [1.0] * 3,
-        "ods": [0.50, 0.52, 0.51, 0.10, 0.12, 0.11, 0.49, 0.53, 0.51],
+        "trial": ["ida_up w=10"] * 3 + ["skip w=10"] * 3 + ["fcn w=10"] * 3 + ["ida_up w=1"] * 3,
+        "ods": [0.50, 0.52, 0.51, 0.40, 0.43, 0.41, 0.10, 0.12, 0.11, 0.49, 0.53, 0.51],
     })
-    v = {x.claim.split(" (")[0] if x.claim.startswith("DLA-Up") else x.claim: x for x in
-         study.judge(B.claims(["ida_up:10", "fcn:10", "ida_up:1"], ["Sobel"]), runs,
-                     B.baseline_groups({"Sobel": {"ods": 0.6}}, 3))}
-    assert v["DLA-Up"].verdict == REPRODUCED
-    assert v["edge weight 10 (official setting) beats an unweighted loss (DLA-Up)"].verdict == INCONCLUSIVE
+    declared = B.claims(["ida_up:10", "skip:10", "fcn:10", "ida_up:1"], ["Sobel"])
+    v = {x.claim.split(" (")[0]: x for x in study.judge(declared, runs, B.baseline_groups({"Sobel": {"ods": 0.6}}, 3))}
+    primary = v["DLA-Up"]
+    assert (primary.a, primary.b) == ("ida_up w=10", "skip w=10") and primary.verdict == REPRODUCED
+    assert declared[0].matched == B.MATCHED == 0.05
+    ref = v["Reference: DLA-Up vs the FCN-32s decoder"]
+    assert (ref.a, ref.b) == ("ida_up w=10", "fcn w=10") and "output stride 2 vs 32" in ref.claim
+    assert [c.matched for c in declared if c.b == "fcn w=10"] == [None]  # a reference, not a matched ablation
+    assert v["edge weight 10"].verdict == INCONCLUSIVE
     assert v["learned DLA-Up beats the no-learning Sobel edge map"].verdict == NOT_REPRODUCED
     md = study.claims_markdown(list(v.values()))
-    assert md.count("\n") == 2 + 3 - 1 + 2 and "**reproduced**" in md  # + the rule below the table
+    assert md.count("\n") == 2 + 4 - 1 + 2 and "**reproduced**" in md  # + the rule below the table
     assert "No claim" in study.claims_markdown([])
+    # without the shallow decoder no claim tests aggregation; FCN-32s is only ever a reference
+    assert all(c.text.startswith(("Reference:", "edge weight")) for c in B.claims(["ida_up:10", "fcn:10",
+                                                                                  "ida_up:1"]))
+
+
+def test_claim_arms_leaves_out_the_loss_only_arm():
+    arms = B.claim_arms()
+    assert set(arms.build) == {"ida_up w=10", "skip w=10", "fcn w=10"}
+    assert [c.b for c in arms.claims if c.a in arms.build and c.b in arms.build] == ["skip w=10", "fcn w=10"]
+    assert study.arm_problems(arms) == []
 
 
 # ---------------------------------------------------------------------------- paper profile
@@ -150,9 +180,10 @@ def test_paper_profile_runs_on_a_bsds500_fixture(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     summary = pd.read_csv(results_dir() / "tables" / "paper" / "dla_boundaries_summary.csv")
-    assert list(summary["trial"]) == ["ida_up w=10", "Sobel", "ceiling (GT as prediction)"]
+    assert list(summary["trial"]) == ["ida_up w=10", "skip w=10", "Sobel", "ceiling (GT as prediction)"]
+    assert (summary["tolerance"] == "0.0075 × diagonal").all()  # real data: the BSDS tolerance
     claims = pd.read_csv(results_dir() / "tables" / "paper" / "dla_boundaries_claims.csv")
-    assert list(claims["claim"]) == ["learned DLA-Up beats the no-learning Sobel edge map"]
+    assert list(claims["b"]) == ["skip w=10", "Sobel"]
     runs = pd.read_csv(results_dir() / "tables" / "paper" / "dla_boundaries_runs.csv")
     assert runs["ods"].between(0, 1).all() and runs["backbone"].iloc[0] == "dlarepro_dla34"
     assert (results_dir() / "figures" / "paper" / "dla_boundaries_pr.png").exists()

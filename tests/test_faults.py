@@ -107,7 +107,7 @@ def test_identical_executions_at_once_all_succeed_and_lose_no_metric_point():
     notebooks = [r for r in runs if r.data.tags.get("kind") == "notebook"]
     fits = [r for r in runs if r.data.tags.get("kind") == "fit"]
     assert len(notebooks) == n and all(r.info.status == "FINISHED" for r in runs)
-    assert len(fits) == 2 * n  # fcn and ida_up per execution
+    assert len(fits) == 2 * n  # ida_up and skip per execution (the smoke trials)
     assert all(_steps(r.info.run_id) == [0, 1] for r in fits)  # every epoch of every training logged, once
     roots = {r.data.tags[recovery.ROOT_TAG] for r in fits}
     assert roots == {r.info.run_id for r in notebooks}  # each training belongs to its own execution
@@ -128,7 +128,7 @@ def test_ctrl_c_marks_runs_killed_keeps_previous_results_and_says_one_line():
         {NOTEBOOK: {"status": "ok", "mlflow_run_id": "good-run", "finished_at": "then", "git_commit": "abc"}}))
 
     cmd = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=40")
-    cmd.wait_for(r"fcn seed=0  epoch 1/40")
+    cmd.wait_for(r"ida_up seed=0  epoch 1/40")
     cmd.proc.send_signal(signal.SIGINT)
     code, out = cmd.finish()
     assert code == 130, out
@@ -148,7 +148,7 @@ def test_ctrl_c_marks_runs_killed_keeps_previous_results_and_says_one_line():
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_the_same_runs_logging_each_step_once():
     cmd = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=6")
-    cmd.wait_for(r"ida_up seed=0  epoch 2/6")
+    cmd.wait_for(r"skip seed=0  epoch 2/6")  # the second trial: the first one has finished
     os.kill(cmd.proc.pid, signal.SIGKILL)
     cmd.finish()
     _kernels_gone()
@@ -158,7 +158,7 @@ def test_kill_9_then_resume_continues_the_same_runs_logging_each_step_once():
     code, out = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=6", "--resume").finish()
     assert code == 0, out
     assert "resuming run" in out and "KILLED that a killed process had left RUNNING" in out
-    assert "fcn seed=0  epoch" not in out  # the finished training is reused, not retrained
+    assert "ida_up seed=0  epoch" not in out  # the finished training is reused, not retrained
     after = {r.info.run_id: r for r in _runs()}
     assert set(after) == set(before)  # same runs: nothing new
     assert all(r.info.status == "FINISHED" for r in after.values())

@@ -15,7 +15,9 @@ from dla_repro.metrics.boundary import (
     boundary_counts,
     boundary_scores,
     boundary_thresholds,
+    matching_radius,
     thin,
+    tolerance_text,
 )
 
 
@@ -94,6 +96,52 @@ def test_one_pixel_shift_matches_within_tolerance_and_two_do_not():
     assert boundary_scores([two], [[gt]], thresholds=5, max_dist=0.015)["ods"] == pytest.approx(1.0)
     small = line((40, 40), 20, (5, 35))  # 0.0075 × 56.6 = 0.42 px: only exact hits
     assert boundary_scores([np.roll(small, 1, 0).astype(float)], [[small]], thresholds=3)["ods"] == 0.0
+
+
+def _label_change(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides of every label change: the pixels whose right / lower neighbour differs (the synthetic
+    ground truth's convention) and the pixels whose left / upper neighbour differs (the other side)."""
+    first, other = np.zeros(mask.shape, bool), np.zeros(mask.shape, bool)
+    first[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    first[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    other[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    other[1:, :] |= mask[1:, :] != mask[:-1, :]
+    return first, other
+
+
+def test_a_pixel_tolerance_scores_the_other_side_of_a_label_change():
+    yy, xx = np.mgrid[:64, :64]
+    gt, other = _label_change(xx >= 30)  # a vertical change: columns 29 (ground truth) and 30 (the other side)
+    assert not (gt & other).any()
+    exact = boundary_scores([other.astype(float)], [[gt]], thresholds=5)  # 0.0075 × 90.5 = 0.68 px at 64 px
+    tolerant = boundary_scores([other.astype(float)], [[gt]], thresholds=5, max_dist_px=1)
+    assert exact["ods"] == 0.0 and tolerant["ods"] == pytest.approx(1.0)
+    assert (exact["tolerance"], tolerant["tolerance"]) == ("0.0075 × diagonal", "1 px")
+    # a curved change: exact hits only where the two sides coincide; with 1 px nearly all of it
+    gt, other = _label_change((yy - 30) ** 2 + (xx - 33) ** 2 <= 15**2)
+    exact = boundary_scores([other.astype(float)], [[gt]], thresholds=5)["ods"]
+    assert exact < 0.4 < 0.85 < boundary_scores([other.astype(float)], [[gt]], thresholds=5, max_dist_px=1)["ods"]
+    # far off (6 px) is a miss with either tolerance
+    gt, _ = _label_change(xx >= 30)
+    far = np.roll(gt, 6, axis=1).astype(float)
+    assert boundary_scores([far], [[gt]], thresholds=5)["ods"] == 0.0
+    assert boundary_scores([far], [[gt]], thresholds=5, max_dist_px=1)["ods"] == 0.0
+    assert boundary_scores([far], [[gt]], thresholds=5, max_dist_px=2)["ods"] == 0.0
+
+
+def test_the_bsds_tolerance_stays_the_default():
+    assert matching_radius((321, 481)) == pytest.approx(0.0075 * np.hypot(321, 481))  # 4.3 px
+    assert matching_radius((64, 64)) == pytest.approx(0.68, abs=0.01)
+    assert matching_radius((64, 64), max_dist_px=1) == matching_radius((321, 481), max_dist_px=1) == 1.0
+    assert tolerance_text() == "0.0075 × diagonal" and tolerance_text(0.0075, 2.0) == "2 px"
+    gt = line((100, 100), 50, (10, 90))
+    pred = np.roll(gt, 1, axis=0).astype(float)
+    assert boundary_counts(pred, [gt], [0.5]).tolist() == boundary_counts(pred, [gt], [0.5], 0.0075, True,
+                                                                            None).tolist()
+    assert BoundaryMetrics().max_dist_px is None
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_dist_px"):
+            BoundaryMetrics(max_dist_px=bad)
 
 
 def test_matching_is_one_to_one():

@@ -1,4 +1,5 @@
-"""mIoU from a dataset-level confusion matrix: hand-computed cases and torchmetrics."""
+"""mIoU from a dataset-level confusion matrix: hand-computed cases and torchmetrics; the tolerant
+thin-structure F-score on hand-built maps."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from torch.utils.data import TensorDataset
 from dla_repro.labels import IGNORE_INDEX
 from dla_repro.metrics.segmentation import (
     SegmentationMetrics,
+    TolerantFScore,
     confusion_matrix,
     dataset_confusion,
+    dataset_metrics,
     iou_from_confusion,
     scores_from_confusion,
+    tolerant_counts,
+    tolerant_fscore,
 )
 from dla_repro.outputs import ModelOutput
 
@@ -172,3 +177,78 @@ def test_dataset_confusion_restores_the_mode_after_an_error():
     with pytest.raises(ValueError, match="labels must be in 0..3"):
         dataset_confusion(model, bad, 4)
     assert model.training
+
+
+# ------------------------------------------------------------------ the tolerant thin-structure F-score
+def _iou_and_f(pred: torch.Tensor, target: torch.Tensor, c: int, tolerance: float = 1.0) -> tuple[float, float]:
+    iou = iou_from_confusion(confusion_matrix(pred, target, 3))[c].item()
+    return iou, tolerant_fscore(tolerant_counts(pred, target, 3, tolerance))["f"][c].item()
+
+
+def test_a_line_or_dot_one_pixel_off_scores_zero_iou_but_a_high_tolerant_f():
+    target = torch.zeros(16, 16, dtype=torch.long)
+    target[8, 2:14] = 1  # a 1-px line (class 1)
+    target[3:5, 3:5] = 2  # a 2×2 dot (class 2)
+    pred = torch.zeros_like(target)
+    pred[9, 2:14] = 1  # the line one pixel lower
+    pred[4:6, 3:5] = 2  # the dot one pixel lower: half of it overlaps
+    iou_line, f_line = _iou_and_f(pred, target, 1)
+    assert iou_line == 0.0 and f_line == pytest.approx(1.0)
+    iou_dot, f_dot = _iou_and_f(pred, target, 2)
+    assert iou_dot == pytest.approx(2 / 6) and f_dot == pytest.approx(1.0)
+    shorter = torch.zeros_like(target)
+    shorter[9, 3:14] = 1  # one pixel lower, one pixel shorter: the first true pixel is √2 from any predicted one
+    assert _iou_and_f(shorter, target, 1)[1] == pytest.approx(2 * 1.0 * (11 / 12) / (1 + 11 / 12))
+
+
+def test_a_line_far_off_scores_zero_with_both():
+    target = torch.zeros(16, 16, dtype=torch.long)
+    target[4, 2:14] = 1
+    pred = torch.zeros_like(target)
+    pred[10, 2:14] = 1  # six pixels away
+    assert _iou_and_f(pred, target, 1) == (0.0, 0.0)
+    assert _iou_and_f(pred, target, 1, tolerance=2.0) == (0.0, 0.0)
+    counts = tolerant_counts(pred, target, 3)
+    assert counts[1].tolist() == [0, 12, 0, 12]  # hits, predicted, hits, true
+
+
+def test_tolerance_zero_is_the_exact_f1():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (4, 12, 12), generator=g)
+    pred = torch.randint(0, 3, (4, 12, 12), generator=g)
+    iou = iou_from_confusion(confusion_matrix(pred, target, 3))
+    f0 = tolerant_fscore(tolerant_counts(pred, target, 3, tolerance=0))["f"]
+    assert torch.allclose(f0, 2 * iou / (1 + iou))
+    f1 = tolerant_fscore(tolerant_counts(pred, target, 3, tolerance=1))["f"]
+    assert (f1 >= f0 - 1e-12).all()  # a tolerance only adds hits
+
+
+def test_tolerant_f_ignores_the_ignore_label_and_says_when_undefined():
+    target = torch.tensor([[0, 1, IGNORE_INDEX, 0]])
+    pred = torch.tensor([[0, 0, 1, 0]])  # the only predicted 1 sits on an ignored pixel
+    counts = tolerant_counts(pred, target, 3)
+    assert counts.tolist() == [[3, 3, 2, 2], [0, 0, 0, 1], [0, 0, 0, 0]]  # the ignored pixel counts nowhere
+    scores = tolerant_fscore(counts)
+    assert scores["f"][1] == 0.0 and math.isnan(scores["precision"][1])  # present, never predicted: F 0
+    assert math.isnan(scores["f"][2])  # neither predicted nor present: undefined
+    only_predicted = tolerant_fscore(tolerant_counts(torch.tensor([[2, 0]]), torch.tensor([[0, 0]]), 3))
+    assert only_predicted["f"][2] == 0.0 and math.isnan(only_predicted["recall"][2])
+    with pytest.raises(ValueError, match="tolerance"):
+        tolerant_counts(pred, target, 3, tolerance=-1)
+
+
+def test_tolerant_streaming_and_one_dataset_pass():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 3, 6, 6, generator=g)
+    y = torch.randint(0, 4, (10, 6, 6), generator=g)
+    y[:, 0] = IGNORE_INDEX
+    model = _Segmenter().eval()
+    seg, tol = dataset_metrics(model, TensorDataset(x, y), [SegmentationMetrics(4), TolerantFScore(4)], batch_size=3)
+    assert torch.equal(seg.confusion, dataset_confusion(model, TensorDataset(x, y), 4, batch_size=4))
+    with torch.no_grad():
+        logits = model(x)
+    whole = tolerant_counts(logits, y, 4)  # logits accepted, one shot over all images
+    assert torch.equal(tol.compute()["counts"], whole)
+    assert torch.allclose(tol.compute()["f"], tolerant_fscore(whole)["f"], equal_nan=True)
+    tol.reset()
+    assert tol.counts.sum() == 0

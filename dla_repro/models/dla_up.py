@@ -28,12 +28,28 @@ ucbdrive/dla ``dla_up.py``: ``IDAUp``, ``DLAUp``, ``DLASeg``):
 :class:`DLAUpSegmenter` is DLA-Up on the segmentation contract
 (:mod:`.segmentation`): the decoder, then a 1×1 classifier at stride
 ``down_ratio`` (2 by default, as in the paper; 4 or 8 configurable) whose scores
-are upsampled bilinearly to the input size.  ``decoder="fcn"``
-(:class:`FCNDecoder`) is the ablation without aggregation: the classifier on the
-deepest level only, upsampled in one step (FCN-32s-like).  The boundary head
-(§5.4) is the same with 2 classes (background, edge); its positive-class weight
-(``--edge-weight 10`` in the official BSDS and PASCAL-boundary commands,
-ucbdrive/dla ``README.md``) is a loss weight and lives with the task.
+are upsampled bilinearly to the input size.  Two baselines share everything but the decoder:
+
+* ``decoder="skip"`` (:class:`SkipDecoder`) -- *shallow* aggregation at the same
+  output stride: every level projected once, upsampled in one step to stride
+  ``down_ratio`` by the same trainable bilinear upsamplers, merged once by one
+  node (FCN-8s / U-Net-style skip connections; DLA §3, Fig. 2(b) vs (c)).  Its
+  width is chosen by :func:`skip_width` so that its parameter count matches
+  DLA-Up's on the same backbone: the comparison is deep vs shallow aggregation,
+  not stride or size;
+* ``decoder="fcn"`` (:class:`FCNDecoder`) -- no aggregation: the classifier on
+  the deepest level only, upsampled in one step (FCN-32s-like; stride 32, so it
+  differs from DLA-Up in output stride as well -- a reference, not a fair
+  ablation).
+
+``match_params=True`` with ``decoder="ida_up"`` widens (or narrows) every step of
+DLA-Up by one factor (:func:`matched_width_mult`) until its parameter count
+matches the 3×3-node DLA-Up's: the 1×1-node ablation at matched parameters.
+
+The boundary head (§5.4) is the same with 2 classes (background, edge); its
+positive-class weight (``--edge-weight 10`` in the official BSDS and
+PASCAL-boundary commands, ucbdrive/dla ``README.md``) is a loss weight and lives
+with the task.
 
 :func:`create_dla_up` builds one from a timm model name.
 """
@@ -41,7 +57,7 @@ ucbdrive/dla ``README.md``) is a loss weight and lives with the task.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -60,12 +76,17 @@ __all__ = [
     "bilinear_upsampler",
     "IDAUp",
     "DLAUp",
+    "SkipDecoder",
     "FCNDecoder",
     "DLAUpSegmenter",
+    "count_params",
+    "closest_width",
+    "skip_width",
+    "matched_width_mult",
     "create_dla_up",
 ]
 
-DECODERS = ("ida_up", "fcn")
+DECODERS = ("ida_up", "skip", "fcn")
 HEADS = ("segmentation", "boundary")
 BORDERS = ("zero", "replicate")
 
@@ -160,6 +181,12 @@ def _check_kernel(node_kernel: int) -> None:
         raise ValueError(f"node_kernel must be 1 or 3, got {node_kernel!r}")
 
 
+def _check_strides(reductions: Sequence[int]) -> None:
+    for a, b in zip(reductions, reductions[1:]):
+        if b % a or b <= a:
+            raise ValueError(f"level strides must increase by integer factors, got {list(reductions)}")
+
+
 class IDAUp(nn.Module):
     """One iterative deep aggregation with upsampling (see the module docstring).
 
@@ -207,7 +234,10 @@ class DLAUp(nn.Module):
     Step ``t`` (``j = n-2-t``) aggregates level ``j`` with the ``t+1`` outputs of
     the previous step; ``width=None`` projects step ``j`` to ``channels[j]``
     (official code), an integer projects every step to that width (paper text: 32).
-    ``out_channels`` is the width of the output map.
+    ``width_mult`` scales every step's width (rounded, at least 1): the same
+    layout, wider or narrower (:func:`matched_width_mult` uses it to match
+    parameter counts).  ``widths`` lists the steps' widths from the deepest step
+    on; ``out_channels`` is the width of the output map.
     """
 
     def __init__(
@@ -218,20 +248,24 @@ class DLAUp(nn.Module):
         width: Optional[int] = None,
         trainable_up: bool = True,
         border: str = "zero",
+        width_mult: float = 1.0,
     ):
         super().__init__()
         _check_kernel(node_kernel)
         n = len(channels)
         if n < 2 or len(reductions) != n:
             raise ValueError(f"DLAUp needs ≥ 2 levels with one stride each, got {list(channels)} / {list(reductions)}")
-        for a, b in zip(reductions, reductions[1:]):
-            if b % a or b <= a:
-                raise ValueError(f"level strides must increase by integer factors, got {list(reductions)}")
+        _check_strides(reductions)
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
         in_chs, strides = list(channels), list(reductions)
         self.idas = nn.ModuleList()
+        self.widths: List[int] = []
         for t in range(n - 1):
             j = n - 2 - t
-            out = channels[j] if width is None else int(width)
+            base = channels[j] if width is None else int(width)
+            out = max(1, round(base * width_mult))
+            self.widths.append(out)
             factors = [s // strides[j] for s in strides[j:]]
             self.idas.append(IDAUp(in_chs[j:], out, factors, node_kernel, trainable_up, border))
             in_chs[j + 1 :] = [out] * (n - 1 - j)  # y replaces levels j+1..n-1, at level j's stride
@@ -249,6 +283,69 @@ class DLAUp(nn.Module):
         return levels[-1]
 
 
+class SkipDecoder(nn.Module):
+    """Shallow aggregation: every level projected once, upsampled in one step, merged once.
+
+    The baseline that isolates what DLA-Up claims.  DLA (arXiv 1707.06484, §3
+    and Fig. 2(b) vs (c); the abstract calls skip connections shallow because
+    they fuse in one step) contrasts *shallow* skip aggregation -- FCN-8s, U-Net,
+    FPN: each level joins the output once -- with *iterative deep* aggregation,
+    where shallow levels are merged progressively, through a chain of nodes, with
+    ever deeper ones.  This decoder is the shallow side with every other factor
+    held equal to :class:`DLAUp`: the same backbone levels (stride ``r_0 =
+    down_ratio`` and deeper), the same 1×1 conv-BN-ReLU projection to a common
+    width, the same upsampler (:class:`BilinearConvTranspose2d`, bilinear at
+    initialisation and trained, as DLA-Up's ``IDAUp`` in ucbdrive/dla
+    ``dla_up.py``), the same output stride ``r_0`` -- only the merge differs::
+
+        P_i = ReLU(BN(W_i ∗ x_i))                   (1×1 projection to width w, every level)
+        u_i = U_{r_i / r_0}(P_i)                    (one step to stride r_0; U_1 = identity)
+        y   = N(u_0, u_1, …, u_L)                   (one node over the concatenation)
+
+    ``N`` is :class:`~dla_repro.models.aggregation.AggregationNode` (conv with
+    ``node_kernel``, 3×3 as DLA-Up's dense nodes, → BN → ReLU).  ``width`` is free;
+    :func:`skip_width` picks the one that gives the decoder (with its classifier)
+    DLA-Up's parameter count on the same backbone, so a difference between the two
+    is not a difference in size.  The compute is not matched: all of this
+    decoder's weights act at stride ``r_0``, while most of DLA-Up's act on the deep,
+    coarse levels.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        reductions: Sequence[int],
+        width: int,
+        node_kernel: int = 3,
+        trainable_up: bool = True,
+        border: str = "zero",
+    ):
+        super().__init__()
+        _check_kernel(node_kernel)
+        n = len(channels)
+        if n < 2 or len(reductions) != n:
+            raise ValueError(f"SkipDecoder needs ≥ 2 levels with one stride each, got {list(channels)} / "
+                             f"{list(reductions)}")
+        _check_strides(reductions)
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        factors = [r // reductions[0] for r in reductions]
+        self.width, self.factors = width, factors
+        self.proj = nn.ModuleList(ConvNormAct(c, width, 1) for c in channels)
+        self.up = nn.ModuleList(bilinear_upsampler(width, f, trainable_up, border) for f in factors)
+        self.node = AggregationNode(n * width, width, kernel_size=node_kernel)
+        self.out_channels = width
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(levels) != len(self.proj):
+            raise ValueError(f"SkipDecoder built for {len(self.proj)} levels, got {len(levels)}")
+        size = levels[0].shape[-2:]
+        return self.node([_fit(up(proj(x)), size) for x, proj, up in zip(levels, self.proj, self.up)])
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, factors={self.factors}"
+
+
 class FCNDecoder(nn.Module):
     """The no-aggregation ablation: the deepest level only (the head then upsamples it in one step)."""
 
@@ -260,17 +357,118 @@ class FCNDecoder(nn.Module):
         return levels[-1]
 
 
-class DLAUpSegmenter(BaseSegmenter):
-    """DLA-Up / FCN on the segmentation contract: ``decoder`` then the 1×1 ``classifier``.
+# --------------------------------------------------------------- matching parameter counts
+def count_params(module: nn.Module) -> int:
+    """The number of parameters of ``module`` (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in module.parameters())
 
-    ``decoder`` (:class:`DLAUp` or :class:`FCNDecoder`) reads the levels from
+
+def _head_params(decoder: nn.Module, num_classes: int) -> int:
+    """Parameters of a decoder and its 1×1 classifier (``out_channels × K`` weights + ``K`` biases)."""
+    return count_params(decoder) + (decoder.out_channels + 1) * num_classes
+
+
+def closest_width(count: Callable[[int], int], target: int, lo: int = 1) -> int:
+    """The integer ``w ≥ lo`` whose ``count(w)`` is closest to ``target`` (ties: the smaller ``w``).
+
+    ``count`` must be non-decreasing in ``w`` (a parameter count as a function of a
+    width).  Doubling brackets the target, bisection finds the first ``w`` with
+    ``count(w) ≥ target``; that one or its predecessor is the closest.
+    """
+    if lo < 1:
+        raise ValueError(f"lo must be ≥ 1, got {lo}")
+    hi = lo
+    while count(hi) < target:
+        lo, hi = hi, 2 * hi
+        if hi > 1 << 20:
+            raise ValueError(f"no width up to {hi} reaches {target:,} parameters")
+    while lo < hi:  # first w in [lo, hi] with count(w) >= target
+        mid = (lo + hi) // 2
+        if count(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    if hi > 1 and abs(count(hi - 1) - target) <= abs(count(hi) - target):
+        return hi - 1
+    return hi
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with parameters on the meta device: shapes only, no memory, no initialisation cost."""
+    with torch.device("meta"):
+        return build()
+
+
+def skip_width(
+    channels: Sequence[int],
+    reductions: Sequence[int],
+    num_classes: int,
+    node_kernel: int = 3,
+    *,
+    reference_width: Optional[int] = None,
+    trainable_up: bool = True,
+    border: str = "zero",
+) -> int:
+    """The :class:`SkipDecoder` width whose parameter count is closest to DLA-Up's on the same levels.
+
+    Counts the decoder *and* its 1×1 classifier for ``num_classes`` on both sides
+    (the backbone is shared, so this is the whole segmenter's difference).  The
+    reference is :class:`DLAUp` as the paper uses it -- 3×3 nodes, step widths
+    ``reference_width`` (``None``: the official per-level widths) -- with the same
+    upsamplers.  With integer widths the counts agree to about one width step: on
+    the tiny and the full DLA-34 within 1 % (``tests/test_dla_up.py``), far inside
+    the ±5 % the segmentation and boundary claims declare (``Claim.matched``).
+    """
+    target = _head_params(_on_meta(lambda: DLAUp(channels, reductions, 3, reference_width, trainable_up, border)),
+                          num_classes)
+
+    def count(w: int) -> int:
+        return _head_params(_on_meta(lambda: SkipDecoder(channels, reductions, w, node_kernel, trainable_up, border)),
+                            num_classes)
+
+    return closest_width(count, target)
+
+
+def matched_width_mult(
+    channels: Sequence[int],
+    reductions: Sequence[int],
+    num_classes: int,
+    node_kernel: int,
+    *,
+    width: Optional[int] = None,
+    trainable_up: bool = True,
+    border: str = "zero",
+) -> float:
+    """The ``width_mult`` that gives a ``node_kernel`` DLA-Up the parameter count of the 3×3-node one.
+
+    A 1×1 node has a ninth of a 3×3 node's weights, so the 1×1-node ablation is a
+    much smaller decoder at the same widths; scaling every step's width by one
+    factor keeps its layout and restores its size.  The factor is ``w / b`` with
+    ``b`` the output step's base width (``width``, or the shallowest level's
+    channels) and ``w`` the integer output width whose count (decoder + classifier)
+    is closest to the 3×3 DLA-Up's with the same ``width``.
+    """
+    target = _head_params(_on_meta(lambda: DLAUp(channels, reductions, 3, width, trainable_up, border)), num_classes)
+    base = channels[0] if width is None else int(width)
+
+    def count(w: int) -> int:
+        return _head_params(_on_meta(lambda: DLAUp(channels, reductions, node_kernel, width, trainable_up, border,
+                                                   width_mult=w / base)), num_classes)
+
+    return closest_width(count, target) / base
+
+
+class DLAUpSegmenter(BaseSegmenter):
+    """DLA-Up / shallow skip / FCN on the segmentation contract: ``decoder`` then the 1×1 ``classifier``.
+
+    ``decoder`` (:class:`DLAUp`, :class:`SkipDecoder` or :class:`FCNDecoder`) reads the levels from
     stride ``down_ratio`` on (``first_level`` is the first of them);
     ``classifier`` is a 1×1 conv initialised ``W ~ N(0, 2/C)`` with C the decoder
     width (He, fan-in; the official ``DLASeg.fc`` of ucbdrive/dla ``dla_up.py``
     uses the fan-out, ``N(0, 2/K)`` with K classes) and zero bias.  ``forward`` returns ``N×num_classes×H×W`` logits (:class:`BaseSegmenter`:
     padded to the backbone's stride, bilinear to the input size);
     ``forward_scores`` the classifier's scores at the decoder's stride
-    (``down_ratio`` for ``ida_up``, the backbone's last stride for ``fcn``).  The
+    (``down_ratio`` for ``ida_up`` and ``skip``, the backbone's last stride for ``fcn``).  The
     final upsampling is fixed bilinear (``F.interpolate``); the official code uses
     a frozen bilinear transposed conv, which is the same away from the border.
     """
@@ -318,11 +516,13 @@ def create_dla_up(
     width: Optional[int] = None,
     trainable_up: bool = True,
     border: str = "zero",
+    width_mult: float = 1.0,
+    match_params: bool = False,
     tiny: bool = False,
     pretrained: bool = False,
     **backbone_kwargs: Any,
 ) -> DLAUpSegmenter:
-    """DLA-Up (``decoder="ida_up"``) or the FCN ablation (``"fcn"``) on a ``features_only`` backbone.
+    """DLA-Up (``decoder="ida_up"``), the shallow skip decoder (``"skip"``) or FCN-32s (``"fcn"``) on a backbone.
 
     ``backbone``: a timm model name (``"dlarepro_dla34"``, timm's ``"dla34"``, …;
     built by :func:`~.backbones.create_backbone` with ``tiny``, ``pretrained``
@@ -333,6 +533,15 @@ def create_dla_up(
     ``head="boundary"``: 2 classes (``num_classes`` may be omitted or 2), trained
     with a positive-class weight in the loss (official: 10, see the module
     docstring).  Logits come back at the input resolution.
+
+    Widths: ``ida_up`` -- ``width`` (``None``: official per-level widths) times
+    ``width_mult``; ``match_params=True`` replaces ``width_mult`` by
+    :func:`matched_width_mult`, the factor that gives this DLA-Up (e.g. with
+    ``node_kernel=1``) the parameter count of the 3×3-node one.  ``skip`` --
+    ``width`` is the common width of :class:`SkipDecoder`; ``None`` (the default)
+    picks it by :func:`skip_width`, matched to the paper's DLA-Up (3×3 nodes,
+    official widths) on this backbone; its merge node has ``node_kernel``.
+    ``fcn`` has no width.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
@@ -358,10 +567,22 @@ def create_dla_up(
     if down_ratio not in reductions:
         raise ValueError(f"down_ratio={down_ratio} is not a level stride of the backbone (strides {reductions})")
     first = reductions.index(down_ratio)
+    chs, strides = channels[first:], reductions[first:]
+    if (match_params or width_mult != 1.0) and decoder != "ida_up":
+        raise ValueError(f"width_mult and match_params apply to decoder='ida_up', not {decoder!r}")
+    if match_params and width_mult != 1.0:
+        raise ValueError("match_params=True chooses width_mult; do not pass both")
     if decoder == "fcn":
-        dec: nn.Module = FCNDecoder(channels[first:])
+        dec: nn.Module = FCNDecoder(chs)
+    elif len(chs) < 2:
+        raise ValueError(f"{decoder} needs ≥ 2 levels at stride ≥ {down_ratio}, backbone has strides {reductions}")
+    elif decoder == "skip":
+        w = skip_width(chs, strides, num_classes, node_kernel, trainable_up=trainable_up, border=border) \
+            if width is None else width
+        dec = SkipDecoder(chs, strides, w, node_kernel, trainable_up, border)
     else:
-        if len(channels) - first < 2:
-            raise ValueError(f"ida_up needs ≥ 2 levels at stride ≥ {down_ratio}, backbone has strides {reductions}")
-        dec = DLAUp(channels[first:], reductions[first:], node_kernel, width, trainable_up, border)
+        if match_params:
+            width_mult = matched_width_mult(chs, strides, num_classes, node_kernel, width=width,
+                                            trainable_up=trainable_up, border=border)
+        dec = DLAUp(chs, strides, node_kernel, width, trainable_up, border, width_mult=width_mult)
     return DLAUpSegmenter(backbone, dec, num_classes, first, down_ratio, decoder, head)
