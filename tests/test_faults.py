@@ -32,6 +32,10 @@ NOTEBOOK = "dla_segmentation"
 
 
 # ----------------------------------------------------------------- subprocess helpers
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Command:
     """``dla-repro run ...`` in its own session, with its output readable line by line while it runs."""
 
@@ -39,6 +43,9 @@ class Command:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dla_repro.cli", "run", *args], stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **(env or {})},
+            # as typed in a terminal: a test suite started in the background (`cmd &`, nohup) ignores
+            # SIGINT, and a child would inherit that; the command must see Ctrl-C as a user's would
+            preexec_fn=_sigint_default,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
