@@ -225,6 +225,19 @@ def _structural_copy(model: nn.Module) -> nn.Module:
     return m
 
 
+def _input_gradient(model: nn.Module, layer: str, x: torch.Tensor,
+                    position: Position) -> tuple[torch.Tensor, Optional[Tuple[int, int]]]:
+    """d(the ``layer`` activation at ``position``, summed over channels)/d``x`` and the position resolved."""
+    with torch.enable_grad(), capture(model, layer) as seen:
+        model(x)
+        if not seen:
+            raise ValueError(f"layer {layer!r} did not run in the forward pass")
+        act = seen[0]
+        pos = _resolve_position(position, act)
+        (grad,) = torch.autograd.grad(_pick(act, pos).sum(), x)
+    return grad, pos
+
+
 def theoretical_receptive_field(
     model: nn.Module,
     layer: str = "",
@@ -243,13 +256,7 @@ def theoretical_receptive_field(
     device = next(model.parameters(), torch.zeros(())).device
     probe = _structural_copy(model)
     x = torch.ones(1, in_chans, H, W, dtype=torch.float64, device=device, requires_grad=True)
-    with capture(probe, layer) as seen:
-        probe(x)
-    if not seen:
-        raise ValueError(f"layer {layer!r} did not run in the forward pass")
-    act = seen[0]
-    pos = _resolve_position(position, act)
-    (grad,) = torch.autograd.grad(_pick(act, pos).sum(), x)
+    grad, pos = _input_gradient(probe, layer, x, position)
     mask = (grad[0] != 0).any(dim=0).cpu()
     box = _box(mask, pos, (H, W))
     if box is None:
@@ -422,13 +429,7 @@ def gradient_receptive_field(
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), capture(model, layer) as seen:
-            model(x)
-            if not seen:
-                raise ValueError(f"layer {layer!r} did not run in the forward pass")
-            act = seen[0]
-            pos = _resolve_position(position, act)
-            (grad,) = torch.autograd.grad(_pick(act, pos).sum(), x)
+        grad, pos = _input_gradient(model, layer, x, position)
     finally:
         model.train(was_training)
     heat = grad.detach().abs().sum(dim=1).mean(dim=0).double().cpu()

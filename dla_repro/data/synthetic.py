@@ -863,15 +863,17 @@ class SyntheticDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    _kind = ""  # what else identifies the data (a stream's "fresh per epoch …"), in digest and source
+
     @property
     def digest(self) -> str:
-        payload = f"{self.config.digest()}|{self.split}|{self.seed}|{self.n}"
+        payload = f"{self.config.digest()}|{self.split}|{self.seed}|{self.n}" + (f"|{self._kind}" if self._kind else "")
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
     def source(self) -> str:
         return (f"dla_repro.data.synthetic {self.config.version} config={self.config.digest()} split={self.split} "
-                f"seed={self.seed} n={self.n}")
+                f"seed={self.seed} n={self.n}" + (f" ({self._kind})" if self._kind else ""))
 
 
 class SyntheticStream(SyntheticDataset):
@@ -885,6 +887,8 @@ class SyntheticStream(SyntheticDataset):
     data in the same order, and a resumed run re-renders exactly what it saw.
     Until the first ``set_epoch`` it holds epoch 0 of run seed 0.
     """
+
+    _kind = "n per epoch, fresh each epoch from the run seed's stream"
 
     def __init__(self, config: SyntheticConfig | None = None, n: int = 1000, seed: int = 0, split: str = "train",
                  task: str = "classification"):
@@ -910,16 +914,6 @@ class SyntheticStream(SyntheticDataset):
         other.__dict__.update(self.__dict__)
         other.task = task
         return other
-
-    @property
-    def digest(self) -> str:
-        payload = f"{self.config.digest()}|{self.split}|{self.seed}|{self.n}|fresh per epoch and run seed"
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    @property
-    def source(self) -> str:
-        return (f"dla_repro.data.synthetic {self.config.version} config={self.config.digest()} split={self.split} "
-                f"seed={self.seed} n={self.n} per epoch, fresh each epoch from the run seed's stream")
 
 
 @dataclass
