@@ -58,3 +58,15 @@ def test_arm_problems_finds_the_same_function_and_unmatched_parameters():
     assert len(problems) == 2
     assert "'same': a and a_again compute the same function" in problems[0]
     assert "'unfair'" in problems[1] and "more than the declared ±5%" in problems[1]
+
+
+def test_check_arms_stops_before_training_with_every_problem():
+    from dla_repro.engine import Trial
+
+    trials = [Trial("a", {}, lambda: _Linear(8)), Trial("a_again", {}, lambda: _Linear(8)),
+              Trial("wide", {}, lambda: _Linear(16))]
+    claims = [Claim("same", "a", "a_again", "m"), Claim("unfair", "a", "wide", "m", matched=0.05)]
+    with pytest.raises(ValueError, match="unfit to compare") as err:
+        study.check_arms(claims, trials, torch.randn(3, 4))
+    assert "'same'" in str(err.value) and "'unfair'" in str(err.value)
+    study.check_arms(claims[1:2], [trials[0], Trial("wide", {}, lambda: _Linear(8, 2.0))], torch.randn(3, 4))

@@ -68,6 +68,7 @@ from torch import nn
 
 from ..analysis.claims import ALPHA, INCONCLUSIVE, RULE, Verdict, compare, holm
 from ..engine import DataBundle, TrainConfig, Trial, sweep
+from ..metrics.complexity import count_params
 
 __all__ = [
     "TASKS",
@@ -88,6 +89,7 @@ __all__ = [
     "claims_markdown",
     "ClaimArms",
     "arm_problems",
+    "check_arms",
 ]
 
 TASKS = ("classification", "segmentation", "boundary")
@@ -479,10 +481,6 @@ class ClaimArms:
     example: torch.Tensor
 
 
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def arm_problems(arms: ClaimArms, seed: int = 0) -> list[str]:
     """What makes a claim's two arms unfit to compare, one line each (empty: fit).
 
@@ -512,12 +510,20 @@ def arm_problems(arms: ClaimArms, seed: int = 0) -> list[str]:
             problems.append(f"{c.text!r}: {c.a} and {c.b} compute the same function (outputs equal, "
                             "same trainable parameters)")
         if c.matched is not None:
-            na, nb = (_n_params(m) for m in models)
+            na, nb = (count_params(m) for m in models)
             gap = abs(na - nb) / max(na, nb)
             if gap > c.matched:
                 problems.append(f"{c.text!r}: {c.a} has {na:,} parameters, {c.b} {nb:,}: {gap:.1%} apart, "
                                 f"more than the declared ±{c.matched:.0%}")
     return problems
+
+
+def check_arms(claims: Sequence[Claim], trials: Sequence[Trial], example: torch.Tensor) -> None:
+    """Before training: the claims' arms, as ``trials`` build them, must pass :func:`arm_problems`;
+    else a ``ValueError`` listing every problem."""
+    problems = arm_problems(ClaimArms(claims, {t.name: t.build for t in trials}, example))
+    if problems:
+        raise ValueError("the claims' arms are unfit to compare:\n" + "\n".join(problems))
 
 
 # ------------------------------------------------------------------ pre-registration

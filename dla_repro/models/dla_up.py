@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import ConvNormAct
 
+from ..metrics.complexity import count_params
 from .aggregation import AggregationNode
 from .backbones import create_backbone
 from .segmentation import BaseSegmenter, level_info
@@ -358,11 +359,6 @@ class FCNDecoder(nn.Module):
 
 
 # --------------------------------------------------------------- matching parameter counts
-def count_params(module: nn.Module) -> int:
-    """The number of parameters of ``module`` (trainable or not; buffers excluded)."""
-    return sum(p.numel() for p in module.parameters())
-
-
 def _head_params(decoder: nn.Module, num_classes: int) -> int:
     """Parameters of a decoder and its 1×1 classifier (``out_channels × K`` weights + ``K`` biases)."""
     return count_params(decoder) + (decoder.out_channels + 1) * num_classes
