@@ -43,6 +43,9 @@ from .paths import repo_root, results_dir
 PARENT_RUN_ENV = "DLA_REPRO_PARENT_RUN_ID"
 """Set by ``dla-repro run``: the notebook run the pipeline created for this execution."""
 
+ROOT_RUN_ENV = "DLA_REPRO_ROOT_RUN_ID"
+"""Set in a sweep's worker processes (whose parent is the sweep run): the execution's notebook run."""
+
 PROFILE_ENV = "DLA_REPRO_PROFILE"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -249,8 +252,9 @@ def provenance_tags() -> dict[str, str]:
 # ----------------------------------------------------------------------- runs
 def root_run_id() -> str | None:
     """The notebook run of this execution: the pipeline's (``DLA_REPRO_PARENT_RUN_ID``) or the
-    one ``start_notebook_run`` opened in this kernel; None outside a notebook execution."""
-    return os.environ.get(PARENT_RUN_ENV) or _state.get("notebook_run")
+    one ``start_notebook_run`` opened in this kernel (in a sweep's worker process: ``DLA_REPRO_ROOT_RUN_ID``);
+    None outside a notebook execution."""
+    return os.environ.get(ROOT_RUN_ENV) or os.environ.get(PARENT_RUN_ENV) or _state.get("notebook_run")
 
 
 def owner_tags(root: str | None = None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import mlflow
 import numpy as np
@@ -243,3 +244,57 @@ def test_verdicts():
         compare("A beats B", [float("nan")], [1.0])
     table = claims_table([clear_win])
     assert list(table["verdict"]) == [REPRODUCED] and "A beats B: reproduced" in str(clear_win)
+
+
+def _broken(width: int) -> nn.Module:
+    raise RuntimeError(f"cannot build width {width}")
+
+
+def test_parallel_sweep_gives_the_serial_rows_in_order_nested_and_tagged_like_the_serial_one(monkeypatch):
+    """workers=2: two spawned single-thread processes; the same rows, in the same order, with the same numbers
+    as a serial sweep on one thread; every training nested under the sweep run and tagged with the execution."""
+    from dla_repro.recovery import ROOT_TAG
+
+    trials = [Trial(f"w={w}", {"width": w}, functools.partial(_model, w)) for w in (2, 6)]
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, schedule="constant", progress=False)
+    notebook_id = tracking.start_notebook_run("unit_parallel", {"epochs": 2}, profile="smoke").info.run_id
+    parallel = sweep("in parallel", trials, toy_data(64, 32), cfg, seeds=[0, 1], workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = sweep("in series", trials, toy_data(64, 32), cfg, seeds=[0, 1])
+    finally:
+        torch.set_num_threads(threads)
+    tracking.end_notebook_run()
+
+    cols = ["trial", "seed", "n_params", "train_loss", "val_loss", "val_top1"]
+    pd.testing.assert_frame_equal(parallel.runs[cols], serial.runs[cols], check_exact=True)
+    assert len(parallel.history) == len(serial.history) == 8
+    mlflow_client = client()
+    pids = set()
+    for run_id in parallel.runs["run_id"]:
+        run = mlflow_client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parallel.sweep_run_id
+        assert run.data.tags[ROOT_TAG] == notebook_id and run.info.status == "FINISHED"
+        pids.add(run.data.tags["dla_repro.process"])
+    assert len(pids) == 2, "both workers trained"
+    assert parallel.fits[("w=6", 1)].weights.is_file()
+
+
+def test_parallel_sweep_fails_when_a_training_fails_and_rejects_negative_workers():
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="constant", progress=False)
+    trials = [Trial("ok", {"width": 2}, functools.partial(_model, 2)),
+              Trial("broken", {"width": 3}, functools.partial(_broken, 3))]
+    with pytest.raises(RuntimeError, match="cannot build width 3"):
+        sweep("one fails", trials, toy_data(32, 16), cfg, seeds=[0], workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        sweep("negative", trials, toy_data(32, 16), cfg, seeds=[0], workers=-1)
+
+
+def test_resolve_workers_one_per_core_on_cpu_one_on_gpu_never_more_than_the_jobs():
+    from dla_repro.engine.sweep import resolve_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_workers(0, "cpu") == cores
+    assert resolve_workers(0, "cuda") == 1
+    assert resolve_workers(5, "cpu", jobs=3) == 3 and resolve_workers(1, "cpu", jobs=10) == 1

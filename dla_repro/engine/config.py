@@ -56,9 +56,9 @@ AMP_DTYPES = ("bfloat16", "float16")
 
 # Fields that change how a run is *watched* or *where* its files go, not what it
 # computes: not logged as MLflow params and not compared on resume (resuming sets
-# ``resume=True``; the checkpoint folder is per execution and holds an absolute path,
+# ``resume=True``; ``sweep_workers`` only decides how many trainings of a sweep run side by side; the checkpoint folder is per execution and holds an absolute path,
 # which would make identical configurations from two clones look different).
-RUNTIME_ONLY = ("resume", "progress", "ckpt_dir")
+RUNTIME_ONLY = ("resume", "progress", "ckpt_dir", "sweep_workers")
 GROUP_KEYS = ("lr_scale", "weight_decay")
 
 
@@ -102,6 +102,7 @@ class TrainConfig:
     device: str = "auto"  # "auto": cuda:<LOCAL_RANK> if available, else cpu
     num_workers: int = 0
     progress: bool = True
+    sweep_workers: int = 1  # trainings a sweep runs at once, one thread each (0: one per CPU core; see engine.sweep)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +43,7 @@ from .config import TrainConfig
 from .loop import FitResult, fit
 from .seed import seed_everything
 
-__all__ = ["Trial", "SweepResult", "sweep", "count_params", "split_measurements"]
+__all__ = ["Trial", "SweepResult", "sweep", "count_params", "split_measurements", "resolve_workers"]
 
 EvaluateHook = Callable[[torch.nn.Module, FitResult], Mapping[str, Any]]
 
@@ -143,6 +144,7 @@ def sweep(
     params: Mapping[str, Any] | None = None,
     evaluate: EvaluateHook | None = None,
     extra: EvaluateHook | None = None,
+    workers: int | None = None,
 ) -> SweepResult:
     """Train every trial with every seed under a parent MLflow run called ``name``.
 
@@ -154,6 +156,15 @@ def sweep(
     also attached to the run as ``evaluate/<key>.csv``. ``extra`` is the former
     name of ``evaluate`` (same behaviour; not both). Raises ``ValueError`` on
     duplicate trial names, no seeds, or both hooks.
+
+    ``workers`` (default: ``config.sweep_workers``) trainings run at once (0: one
+    per CPU core, one on a GPU): each in
+    its own spawned process with one thread, so ``build``, ``task``, ``data`` and
+    ``evaluate`` must pickle (module-level functions, ``functools.partial``).  The
+    result is the same rows in the same order as a serial sweep, and a training
+    gives the same numbers in any worker (one thread each); a serial sweep uses
+    this process's threads, so its numbers may differ in the last bits.  A failure
+    or Ctrl-C in any training stops them all.
     """
     names = [t.name for t in trials]
     if len(set(names)) != len(names):
@@ -162,44 +173,123 @@ def sweep(
         raise ValueError(f"sweep {name!r}: needs at least one seed")
     if evaluate is not None and extra is not None:
         raise ValueError(f"sweep {name!r}: pass evaluate= (or its old name extra=), not both")
+    workers = config.sweep_workers if workers is None else workers
+    if workers < 0:
+        raise ValueError(f"sweep {name!r}: workers={workers}: expected 0 (one per CPU core) or a positive count")
     evaluate = evaluate or extra
-    rows, histories, fits, artifacts = [], [], {}, {}
+    jobs = [(trial, seed) for trial in trials for seed in seeds]
+    workers = resolve_workers(workers, config.device, len(jobs))
     shared = {"sweep": name, "seeds": list(seeds), "trials": names, **config.params(), **(params or {})}
-    total, done = len(trials) * len(seeds), 0
     with tracking.sweep_run(name, shared, resume=config.resume) as parent:
-        for trial in trials:
-            for seed in seeds:
-                done += 1
-                progress.report(f"{name}: training {done}/{total} ({trial.name} seed={seed})")
-                cfg = dataclasses.replace(
-                    config,
-                    **{**trial.config, "seed": seed},
-                    ckpt_dir=str(work_dir() / _slug(name) / _slug(trial.name) / f"seed{seed}"),
-                )
-                seed_everything(seed)
-                model = trial.build()
-                n_params = count_params(model)
-                t0 = time.perf_counter()
-                result = fit(
-                    model, data, cfg, trial.task if trial.task is not None else task,
-                    run_name=f"{trial.name} seed={seed}",
-                    params={**trial.params, "sweep": name, "trial": trial.name, "n_params": n_params},
-                )
-                row = {"trial": trial.name, **trial.params, "seed": seed, "n_params": n_params,
-                       "train_seconds": time.perf_counter() - t0, "best": result.best,
-                       "best_epoch": result.best_epoch, "run_id": result.run_id,
-                       **{k: v for k, v in result.final.items() if k != "epoch"}}
-                artifacts[(trial.name, seed)] = {}
-                if evaluate is not None:
-                    scalars, kept = split_measurements(evaluate(model, result))
-                    row.update(scalars)
-                    artifacts[(trial.name, seed)] = kept
-                    _log_measurements(result.run_id, int(result.final["epoch"]), scalars, kept)
-                rows.append(row)
-                hist = result.history.copy()
-                hist.insert(0, "seed", seed)
-                hist.insert(0, "trial", trial.name)
-                histories.append(hist)
-                fits[(trial.name, seed)] = result
         parent_id = parent.info.run_id if parent is not None else None
+        context = _Context(name, data, config, task, evaluate)
+        if workers > 1:
+            done = _train_in_workers(context, jobs, workers, parent_id)
+        else:
+            done = []
+            for k, (trial, seed) in enumerate(jobs, 1):
+                progress.report(f"{name}: training {k}/{len(jobs)} ({trial.name} seed={seed})")
+                done.append(context.train(trial, seed))
+    rows, histories, fits, artifacts = [], [], {}, {}
+    for (trial, seed), (row, hist, result, kept) in zip(jobs, done):
+        rows.append(row)
+        histories.append(hist)
+        fits[(trial.name, seed)] = result
+        artifacts[(trial.name, seed)] = kept
     return SweepResult(pd.DataFrame(rows), pd.concat(histories, ignore_index=True), parent_id, fits, artifacts)
+
+
+def resolve_workers(workers: int, device: str = "auto", jobs: int | None = None) -> int:
+    """How many trainings a sweep runs at once: ``workers``, or with 0 one per CPU core this process may
+    use -- on a CPU only (a GPU sweep trains one at a time) -- and never more than ``jobs``."""
+    if workers == 0:
+        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        workers = 1 if on_gpu else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    return max(1, min(workers, jobs)) if jobs else max(1, workers)
+
+
+@dataclass
+class _Context:
+    """What every training of a sweep shares; ``train(trial, seed)`` is one (trial, seed), in any process."""
+
+    name: str
+    data: Any
+    config: TrainConfig
+    task: Any
+    evaluate: EvaluateHook | None
+
+    def train(self, trial: Trial, seed: int) -> tuple[dict, pd.DataFrame, FitResult, dict[str, Any]]:
+        cfg = dataclasses.replace(
+            self.config,
+            **{**trial.config, "seed": seed},
+            ckpt_dir=str(work_dir() / _slug(self.name) / _slug(trial.name) / f"seed{seed}"),
+        )
+        seed_everything(seed)
+        model = trial.build()
+        n_params = count_params(model)
+        t0 = time.perf_counter()
+        result = fit(
+            model, self.data, cfg, trial.task if trial.task is not None else self.task,
+            run_name=f"{trial.name} seed={seed}",
+            params={**trial.params, "sweep": self.name, "trial": trial.name, "n_params": n_params},
+        )
+        row = {"trial": trial.name, **trial.params, "seed": seed, "n_params": n_params,
+               "train_seconds": time.perf_counter() - t0, "best": result.best,
+               "best_epoch": result.best_epoch, "run_id": result.run_id,
+               **{k: v for k, v in result.final.items() if k != "epoch"}}
+        kept: dict[str, Any] = {}
+        if self.evaluate is not None:
+            scalars, kept = split_measurements(self.evaluate(model, result))
+            row.update(scalars)
+            _log_measurements(result.run_id, int(result.final["epoch"]), scalars, kept)
+        hist = result.history.copy()
+        hist.insert(0, "seed", seed)
+        hist.insert(0, "trial", trial.name)
+        return row, hist, result, kept
+
+
+# ------------------------------------------------------------------ parallel trainings
+# Each worker is a fresh (spawned) process with one intra-op thread: on a CPU, k single-thread trainings side by
+# side use k cores better than one k-thread training (a tiny model's ops are too small to split well).  The
+# worker nests its MLflow runs under the sweep run through the environment (``tracking.PARENT_RUN_ENV``) and
+# tags them with the execution's root run, so recovery and the UI treat them exactly as trainings of this process.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(context: _Context, environ: dict[str, str]) -> None:
+    os.environ.update(environ)
+    torch.set_num_threads(1)
+    _WORKER["context"] = context
+
+
+def _worker_train(trial: Trial, seed: int):
+    return _WORKER["context"].train(trial, seed)
+
+
+def _train_in_workers(context: _Context, jobs: list[tuple[Trial, int]], workers: int, parent_id: str | None):
+    import multiprocessing
+
+    from ..paths import WORKDIR_ENV
+
+    environ = {tracking.PROFILE_ENV: tracking.current_profile(), WORKDIR_ENV: str(work_dir())}
+    if parent_id is not None:
+        environ[tracking.PARENT_RUN_ENV] = parent_id
+        root = tracking.root_run_id()
+        if root:
+            environ[tracking.ROOT_RUN_ENV] = root
+    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_start, (context, environ))
+    try:
+        pending = [pool.apply_async(_worker_train, job) for job in jobs]
+        done, total = [None] * len(jobs), len(jobs)
+        progress.report(f"{context.name}: training {total} runs, {workers} at a time")
+        for k, (job, handle) in enumerate(zip(jobs, pending)):
+            done[k] = handle.get()
+            progress.report(f"{context.name}: finished {job[0].name} seed={job[1]} ({k + 1}/{total} in order)")
+        pool.close()
+        return done
+    except BaseException:
+        pool.terminate()  # a failure or Ctrl-C stops every training; recovery marks their runs
+        raise
+    finally:
+        pool.join()
