@@ -50,7 +50,7 @@ from . import tracking
 from .execution import Console, ProgressTail, folder_size, output_to_log, promote, staging_dir, update_manifest
 from .paths import notebooks_dir, results_dir
 
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "extended", "paper")
 RESERVED = {"profile", "data_root", "resume"}  # filled in by the pipeline itself (--profile, --data-root, --resume)
 
 

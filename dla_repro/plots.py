@@ -26,10 +26,14 @@ def provenance(
     epochs: int | None = None,
     seeds: Sequence[int] | int | None = None,
     extra: str | None = None,
+    iterations: int = 0,
 ) -> str:
-    """``"data: synthetic (digest ab12) · profile: quick · 4 epochs · seeds 0,1 · CPU: … (2 cores)"``."""
+    """``"data: synthetic (digest ab12) · profile: quick · 4 epochs · seeds 0,1 · CPU: … (2 cores)"``;
+    with ``iterations`` > 0 (a run of that many updates) ``"600 updates"`` replaces the epochs."""
     parts = [f"data: {dataset}", f"profile: {profile or tracking.current_profile()}"]
-    if epochs is not None:
+    if iterations:
+        parts.append(f"{iterations} update{'s' if iterations != 1 else ''}")
+    elif epochs is not None:
         parts.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
     if seeds is not None:
         seeds = [seeds] if isinstance(seeds, int) else list(seeds)

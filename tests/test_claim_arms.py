@@ -34,6 +34,29 @@ def test_every_claims_arms_differ_and_are_matched_as_declared(module):
     assert study.arm_problems(arms) == []
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_every_claims_builders_pickle_so_a_sweep_can_train_them_in_worker_processes(module):
+    """A sweep with sweep_workers != 1 sends each trial's builder to a spawned process."""
+    import pickle
+
+    arms = importlib.import_module(module).claim_arms()
+    for name, build in arms.build.items():
+        assert pickle.loads(pickle.dumps(build)) is not None, name
+
+
+def test_the_tasks_pickle():
+    import pickle
+
+    from dla_repro.engine import ClassificationTask, SegmentationTask
+    from dla_repro.experiments.dla.boundaries import boundary_task
+
+    for task in (ClassificationTask(label_smoothing=0.1), SegmentationTask(5), boundary_task(10.0)):
+        copy = pickle.loads(pickle.dumps(task))
+        assert type(copy) is type(task)
+    metrics = pickle.loads(pickle.dumps(SegmentationTask(5))).metrics()
+    assert metrics is not None
+
+
 class _Linear(nn.Module):
     def __init__(self, width: int, bias_scale: float = 1.0):
         super().__init__()

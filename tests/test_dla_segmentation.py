@@ -108,10 +108,12 @@ def test_plain_baseline_reads_the_calibration_rows():
         {"task": "segmentation", "image_size": 64, "seed": 0, "metric": "iou_line", "value": 0.01, "n_train": 4000, "epochs": 8},
         {"task": "segmentation", "image_size": 32, "seed": 0, "metric": "iou_line", "value": 0.5, "n_train": 4000, "epochs": 8},
         {"task": "classification", "image_size": 64, "seed": 0, "metric": "top1", "value": 0.5, "n_train": 4000, "epochs": 8},
-    ])
+    ]).assign(synthetic_version="synthetic-v1")
     base = seg.plain_baseline(cal, 64)
     assert list(base["class"]) == ["mIoU", "line"] and list(base["iou"]) == [0.3, 0.01]
     assert seg.plain_baseline(pd.DataFrame(), 64).empty
+    # another data version at the same size is another task: no baseline row (the calibration measured v1 only)
+    assert seg.plain_baseline(cal, 32, "synthetic-v2").empty and len(seg.plain_baseline(cal, 32, "synthetic-v1")) == 1
 
 
 def test_per_class_iou_of_a_perfect_and_a_constant_model():

@@ -25,8 +25,9 @@ def test_summary_reports_spread_mde_and_whether_training_was_still_climbing():
     def curve(end, late):
         return [[0, 0.1], [300, end - late], [450, end - late], [600, end]]
 
-    runs = pd.DataFrame([{"task": "classification", "version": "synthetic-v2", "image_size": 32, "steps": 600,
-                          "seed": s, "metric": "val_ema_top1", "value": v, "seconds": 50.0, "curve": curve(v, 0.1)}
+    runs = pd.DataFrame([{"task": "classification", "version": "synthetic-v2", "baseline": "plain", "image_size": 32,
+                          "steps": 600,
+                          "seed": s, "metric": "val_top1", "value": v, "seconds": 50.0, "curve": curve(v, 0.1)}
                          for s, v in enumerate([0.60, 0.62, 0.61, 0.63, 0.59])])
     (row,) = pilot.summarize(runs, target=0.03).to_dict("records")
     assert row["sd"] == pytest.approx(np.std([0.60, 0.62, 0.61, 0.63, 0.59], ddof=1))
@@ -39,9 +40,51 @@ def test_summary_reports_spread_mde_and_whether_training_was_still_climbing():
 def test_a_tiny_pilot_trains_the_plain_baseline_from_the_chance_loss_and_writes_its_tables(tmp_path):
     runs = pilot.pilot("classification", steps=(4,), seeds=(0,), n_val=16)
     (row,) = runs.to_dict("records")
-    assert row["metric"] == "val_ema_top1" and 0 <= row["value"] <= 1 and row["curve"][-1][0] == 4
+    assert row["metric"] == "val_top1" and 0 <= row["value"] <= 1 and row["curve"][-1][0] == 4
+    assert row["baseline"] == "plain"
     folder = pilot.write(runs, pilot.summarize(runs, 0.03), tmp_path / "pilot")
     assert {p.name for p in folder.iterdir()} == {"pilot_runs.csv", "pilot_curves.csv", "pilot_summary.csv"}
     assert "hardware" in pd.read_csv(folder / "pilot_summary.csv")
     with pytest.raises(KeyError, match="no frozen recipe"):
         pilot.recipe("synthetic-v1", "classification")
+
+
+def test_a_pilot_of_a_papers_baseline_arm_and_tables_written_before_baselines_were_named(tmp_path):
+    """--baseline module:function trains that arm (here the segmentation claims' shallow skip decoder); rows of
+    an older table (no baseline column, all plain) are kept as the plain baseline's, and replaced per budget."""
+    runs = pilot.pilot("segmentation", steps=(2,), seeds=(0,), n_val=4,
+                       baseline="dla_repro.experiments.dla.segmentation:pilot_baseline")
+    (row,) = runs.to_dict("records")
+    assert row["metric"] == "val_miou" and 0 <= row["value"] <= 1
+    folder = tmp_path / "pilot"
+    folder.mkdir()
+    old = pd.DataFrame([{"task": "classification", "version": "synthetic-v2", "image_size": 32, "steps": 600,
+                         "seed": 0, "metric": "val_top1", "value": 0.5}])
+    old.to_csv(folder / "pilot_runs.csv", index=False)
+    pilot.write(runs, pilot.summarize(runs, 0.02), folder)
+    table = pd.read_csv(folder / "pilot_runs.csv")
+    assert sorted(zip(table["task"], table["baseline"])) == [
+        ("classification", "plain"), ("segmentation", "dla_repro.experiments.dla.segmentation:pilot_baseline")]
+    with pytest.raises(ValueError, match="package.module:function"):
+        pilot.pilot("classification", steps=(1,), seeds=(0,), baseline="nonsense")
+
+
+@pytest.mark.parametrize("notebook, task", [("dla/02_classification.ipynb", "classification"),
+                                            ("dla/03_segmentation.ipynb", "segmentation"),
+                                            ("dla/04_boundaries.ipynb", "segmentation")])
+def test_the_notebooks_quick_defaults_are_the_frozen_v2_recipe_and_the_pilots_epoch(notebook, task):
+    """The studies train with the recipe the pilot calibrated on the baseline (not a copy that could drift):
+    every recipe field is the notebook's default, and an epoch of the fresh stream is the pilot's 50 updates."""
+    from dla_repro.paths import repo_root
+    from dla_repro.pipeline import notebook_parameters
+
+    params = {k: p.default for k, p in notebook_parameters(repo_root() / "notebooks" / notebook).items()}
+    assert params["dataset"] == "synthetic-v2" and params["image_size"] == 32 and len(params["seeds"]) >= 5
+    recipe = pilot.recipe("synthetic-v2", task)
+    if task == "classification":
+        assert params["label_smoothing"] == recipe["label_smoothing"]
+    for key, value in recipe.items():
+        if key != "label_smoothing":
+            assert params.get(key, value) == value and (key in params or key in ("warmup_lr", "min_lr")), key
+    assert params["n_train"] == pilot.STEPS_PER_EPOCH * params["batch_size"]
+    assert params["iterations"] > 0 and "ema" not in params

@@ -28,6 +28,7 @@ overrides ``criterion`` / ``aux_criterion`` (e.g. OHEM on the main head only) or
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -179,7 +180,8 @@ class SegmentationTask(SupervisedTask):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.evaluator = evaluator or (lambda: SegmentationMetrics(num_classes, ignore_index=ignore_index))
+        # a partial, not a lambda: a task travels to a sweep's worker processes by pickling
+        self.evaluator = evaluator or functools.partial(SegmentationMetrics, num_classes, ignore_index=ignore_index)
 
     def resize(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if output.shape[-2:] != target.shape[-2:]:

@@ -254,8 +254,11 @@ def run_ablation(
     results: Results | None = None,
     modes: Sequence[str] = AGGREGATION_MODES,
     params: Mapping[str, Any] | None = None,
+    label_smoothing: float = 0.0,
 ) -> Results:
     """Train the ablation's configurations × ``seeds`` (one sweep run ``dla_<ablation>``), add them to ``results``.
+
+    ``label_smoothing``: of the cross-entropy (the synthetic-v2 recipe: 0.1; the paper: none).
 
     Configurations already in ``results`` (same model, same seed) are not trained
     again: their rows are copied under this ablation with ``reused_from`` set.
@@ -274,8 +277,9 @@ def run_ablation(
     fresh = [p for p in planned if len(previous(p.key)) < len(seeds)]
     runs, hist = [], []
     if fresh:
-        res = study.run(f"dla_{ablation}", [p.trial for p in fresh], data, config, seeds, ClassificationTask(),
-                        params={"ablation": ablation, **(params or {})})
+        res = study.run(f"dla_{ablation}", [p.trial for p in fresh], data, config, seeds,
+                        ClassificationTask(label_smoothing=label_smoothing),
+                        params={"ablation": ablation, "label_smoothing": label_smoothing, **(params or {})})
         results.sweeps[ablation] = res.sweep_run_id
         keys = {p.trial.name: p.key for p in fresh}
         r = res.runs.copy()

@@ -78,6 +78,7 @@ __all__ = [
     "evaluate",
     "claims",
     "claim_arms",
+    "pilot_baseline",
     "baseline_groups",
     "per_class_table",
     "summarize",
@@ -119,6 +120,13 @@ def build_model(
     weights reachable).
     """
     return create_dla_up(backbone, num_classes, down_ratio=down_ratio, pretrained=pretrained, tiny=tiny, **settings)
+
+
+def pilot_baseline(num_classes: int) -> nn.Module:
+    """The segmentation pilot's baseline (``python -m dla_repro.experiments.pilot --task segmentation --baseline
+    dla_repro.experiments.dla.segmentation:pilot_baseline``): the claims' baseline arm, the shallow skip decoder
+    on the tiny DLA-34 -- never DLA-Up, the method under test."""
+    return build_model(num_classes, **TRIALS["skip"])
 
 
 def make_trials(
@@ -300,11 +308,14 @@ def summarize(runs: pd.DataFrame, class_names: Sequence[str], fine_classes: Sequ
     return table
 
 
-def plain_baseline(calibration: pd.DataFrame, image_size: int = 64) -> pd.DataFrame:
-    """The plain baseline's segmentation rows of the calibration table: ``seed, class, iou`` (+ mIoU)."""
+def plain_baseline(calibration: pd.DataFrame, image_size: int = 64, version: str = "synthetic-v1") -> pd.DataFrame:
+    """The plain baseline's segmentation rows of the calibration table for this data (``version`` at
+    ``image_size``): ``seed, class, iou`` (+ mIoU); empty when the table has none (e.g. synthetic-v2, which the
+    calibration never measured)."""
     if calibration is None or calibration.empty:
         return pd.DataFrame(columns=["seed", "class", "iou", "n_train", "epochs"])
-    seg = calibration[(calibration["task"] == "segmentation") & (calibration["image_size"] == image_size)]
+    seg = calibration[(calibration["task"] == "segmentation") & (calibration["image_size"] == image_size)
+                      & (calibration["synthetic_version"] == version)]
     rows = []
     for _, r in seg.iterrows():
         if r["metric"].startswith("iou_"):
