@@ -106,7 +106,8 @@ def _kernels_gone(timeout: float = 20) -> None:
 @pytest.mark.slow
 def test_identical_executions_at_once_all_succeed_and_lose_no_metric_point():
     n = 2
-    commands = [Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=2", env={"OMP_NUM_THREADS": "1"})
+    commands = [Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=2", "-p", "iterations=0", "-p", "sweep_workers=1",
+                        env={"OMP_NUM_THREADS": "1"})
                 for _ in range(n)]
     outcomes = [c.finish() for c in commands]
     assert [code for code, _ in outcomes] == [0] * n, "\n\n".join(out for _, out in outcomes)
@@ -127,14 +128,18 @@ def test_identical_executions_at_once_all_succeed_and_lose_no_metric_point():
 
 @pytest.mark.notebook
 @pytest.mark.slow
-def test_ctrl_c_marks_runs_killed_keeps_previous_results_and_says_one_line():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_marks_runs_killed_keeps_previous_results_and_says_one_line(workers):
+    """Also with the sweep's trainings in two worker processes: they ignore SIGINT, are stopped by the sweep's
+    process, mark their runs KILLED and print nothing."""
     previous = results_dir() / "notebooks" / "smoke" / "03_segmentation.ipynb"
     previous.parent.mkdir(parents=True, exist_ok=True)
     previous.write_text("the previous good execution")
     update_manifest("smoke", lambda m: m["notebooks"].update(
         {NOTEBOOK: {"status": "ok", "mlflow_run_id": "good-run", "finished_at": "then", "git_commit": "abc"}}))
 
-    cmd = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=40")
+    cmd = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=40", "-p", "iterations=0",
+                  "-p", f"sweep_workers={workers}")
     cmd.wait_for(r"ida_up seed=0  epoch 1/40")
     cmd.proc.send_signal(signal.SIGINT)
     code, out = cmd.finish()
@@ -149,12 +154,14 @@ def test_ctrl_c_marks_runs_killed_keeps_previous_results_and_says_one_line():
     notebook = next(r for r in runs if r.data.tags.get("kind") == "notebook")
     assert notebook.info.status == "KILLED"
     assert {r.info.status for r in runs if r.data.tags.get("kind") == "sweep"} == {"KILLED"}
+    assert {r.info.status for r in runs if r.data.tags.get("kind") == "fit"} <= {"KILLED", "FINISHED"}
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_the_same_runs_logging_each_step_once():
-    cmd = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=6")
+    sequential = ("-p", "epochs=6", "-p", "iterations=0", "-p", "sweep_workers=1")  # one training at a time
+    cmd = Command(NOTEBOOK, "--profile", "smoke", *sequential)
     cmd.wait_for(r"skip seed=0  epoch 2/6")  # the second trial: the first one has finished
     os.kill(cmd.proc.pid, signal.SIGKILL)
     cmd.finish()
@@ -162,7 +169,7 @@ def test_kill_9_then_resume_continues_the_same_runs_logging_each_step_once():
     before = {r.info.run_id: r for r in _runs()}
     assert any(r.info.status == "RUNNING" for r in before.values())  # what a kill leaves behind
 
-    code, out = Command(NOTEBOOK, "--profile", "smoke", "-p", "epochs=6", "--resume").finish()
+    code, out = Command(NOTEBOOK, "--profile", "smoke", *sequential, "--resume").finish()
     assert code == 0, out
     assert "resuming run" in out and "KILLED that a killed process had left RUNNING" in out
     assert "ida_up seed=0  epoch" not in out  # the finished training is reused, not retrained
@@ -357,3 +364,53 @@ def test_notebook_trainings_keep_checkpoints_in_their_execution_folder(monkeypat
         tracking.end_notebook_run()
     assert work_dir() == checkpoints_dir()
     assert Path(execution_dir("nbx", "r1")).parent == checkpoints_dir() / "nbx"
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_with_9_leaves_no_worker_training(tmp_path):
+    """kill -9 of the process that runs a parallel sweep: its workers notice within a second, mark their
+    trainings KILLED and exit -- no orphan keeps training and writing beside a later --resume."""
+    tests = Path(__file__).parent
+    script = tmp_path / "parallel_sweep.py"
+    script.write_text(
+        "import functools, sys\n"
+        f"sys.path.insert(0, {str(tests)!r})\n"
+        "from test_engine import toy_data\n"
+        "from test_sweep import _model\n"
+        "from dla_repro.engine import TrainConfig, Trial, sweep\n"
+        "trials = [Trial(f'w={w}', {'width': w}, functools.partial(_model, w)) for w in (2, 3)]\n"
+        "cfg = TrainConfig(epochs=500, batch_size=8, lr=0.01, schedule='constant', progress=False)\n"
+        "sweep('orphans', trials, toy_data(64, 8, delay=0.01), cfg, seeds=[0], workers=2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = MlflowClient(tracking.configure())
+
+    def fits() -> list:
+        exp = client.get_experiment_by_name("scratch")
+        if exp is None:
+            return []
+        return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "fit"]
+
+    deadline = time.monotonic() + 120
+    while len([r for r in fits() if r.info.status == "RUNNING"]) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the two trainings never started"
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while {r.info.status for r in fits()} != {"KILLED"}:
+        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in fits()]
+        time.sleep(0.5)
+    pids = {int(r.data.tags["dla_repro.process"].split(":")[0]) for r in fits()}
+    time.sleep(1)
+    assert not [pid for pid in pids if _alive(pid)], "a worker outlived its sweep"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie is dead
+        return handle.read().split(")")[-1].split()[0] != "Z"
