@@ -378,9 +378,10 @@ def test_a_sweep_killed_with_9_leaves_no_worker_training(tmp_path):
         "from test_engine import toy_data\n"
         "from test_sweep import _model\n"
         "from dla_repro.engine import TrainConfig, Trial, sweep\n"
-        "trials = [Trial(f'w={w}', {'width': w}, functools.partial(_model, w)) for w in (2, 3)]\n"
-        "cfg = TrainConfig(epochs=500, batch_size=8, lr=0.01, schedule='constant', progress=False)\n"
-        "sweep('orphans', trials, toy_data(64, 8, delay=0.01), cfg, seeds=[0], workers=2)\n"
+        "if __name__ == '__main__':  # spawned workers import this file as __mp_main__\n"
+        "    trials = [Trial(f'w={w}', {'width': w}, functools.partial(_model, w)) for w in (2, 3)]\n"
+        "    cfg = TrainConfig(epochs=500, batch_size=8, lr=0.01, schedule='constant', progress=False)\n"
+        "    sweep('orphans', trials, toy_data(64, 8, delay=0.01), cfg, seeds=[0], workers=2)\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     client = MlflowClient(tracking.configure())
