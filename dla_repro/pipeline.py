@@ -51,6 +51,7 @@ from .execution import Console, ProgressTail, folder_size, output_to_log, promot
 from .paths import notebooks_dir, results_dir
 
 PROFILES = ("smoke", "quick", "extended", "paper")
+REQUIRED_PROFILES = ("smoke", "quick", "paper")  # a pipeline file must define these; `extended` is optional
 RESERVED = {"profile", "data_root", "resume"}  # filled in by the pipeline itself (--profile, --data-root, --resume)
 
 
@@ -98,7 +99,7 @@ def load_pipeline(path: Path | None = None) -> Pipeline:
         raise PipelineError(f"pipeline file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
     profiles = raw.get("profiles", {})
-    missing = [p for p in PROFILES if p not in profiles]
+    missing = [p for p in REQUIRED_PROFILES if p not in profiles]
     if missing:
         raise PipelineError(f"{path}: profiles {missing} are not defined")
     notebooks = []
@@ -223,6 +224,9 @@ def resolve_parameters(
     declared = declared if declared is not None else notebook_parameters(spec.path)
     values: dict[str, Any] = {}
     # profile defaults are offered to every notebook, taken where the notebook declares them
+    if profile not in pipeline.profiles:
+        raise PipelineError(f"profile {profile!r} is not defined in the pipeline file (it defines "
+                            f"{sorted(pipeline.profiles)})")
     for key, value in (pipeline.profiles[profile].get("defaults") or {}).items():
         if key in declared:
             values[key] = value

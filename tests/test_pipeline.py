@@ -76,6 +76,13 @@ def test_precedence_profile_defaults_then_pipeline_then_cli(pipe_file):
     assert job.parameters["epochs"] == 120
 
 
+def test_the_extended_profile_is_optional_in_a_pipeline_file_and_named_when_missing(pipe_file):
+    pipe = pipeline.load_pipeline(pipe_file)  # defines smoke, quick and paper only
+    with pytest.raises(pipeline.PipelineError, match="'extended' is not defined in the pipeline file"):
+        pipeline.plan(["good"], "extended", pipeline=pipe)
+    assert "extended" in pipeline.load_pipeline().profiles  # the repository's defines it
+
+
 def test_cli_override_routes_to_declaring_notebooks_only(pipe_file):
     pipe = pipeline.load_pipeline(pipe_file)
     jobs = {j.name: j for j in pipeline.plan(["good", "other"], "quick", ["epochs=2", "other.width=9"], pipeline=pipe)}

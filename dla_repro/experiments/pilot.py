@@ -1,12 +1,14 @@
-"""The pilot: how much a plain baseline's result varies from seed to seed, and what budget that implies.
+"""The pilot: how much a baseline's result varies from seed to seed, and what budget that implies.
 
 A claim can only be decided by an instrument that can see the paper's effect.
-Before an ablation is trusted, its plain configuration is trained with several
-seeds on the frozen data and recipe, and the per-seed spread of the metric is
-measured; from it follow the minimum detectable effect (MDE) of a comparison at
-``n`` seeds and the seeds a target MDE needs.  Only the plain baseline is trained
-here (``dla_repro.models.plain``), never a method under test, so neither data nor
-recipe can have been tuned until a method wins.
+Before an ablation is trusted, a baseline is trained with several seeds on the
+frozen data and recipe, and the per-seed spread of the metric is measured; from it
+follow the minimum detectable effect (MDE) of a comparison at ``n`` seeds and the
+seeds a target MDE needs.  The baseline is never a method under test -- the plain
+conv net (``dla_repro.models.plain``, ``--baseline plain``) or a paper's baseline
+arm named ``package.module:function`` (the segmentation claims' shallow skip
+decoder, not DLA-Up) -- so neither data nor recipe can have been tuned until a
+method wins.
 
 What a pilot records per budget (``pilot``; one row per seed in ``runs``, the
 summary in ``summary``):
@@ -24,8 +26,9 @@ summary in ``summary``):
 
 Run (one process per seed, one thread each; writes ``results/tables/pilot/``)::
 
-    python -m dla_repro.experiments.pilot --task classification --version synthetic-v2 \
-        --image-size 32 --steps 600 1200 --seeds 0 1 2 3 4 --workers 2
+    python -m dla_repro.experiments.pilot --task classification --steps 300 600 900
+    python -m dla_repro.experiments.pilot --task segmentation --steps 100 200 --n-val 1000 \
+        --baseline dla_repro.experiments.dla.segmentation:pilot_baseline
 """
 
 from __future__ import annotations
