@@ -99,6 +99,8 @@ __all__ = [
     "learned_floor",
     "claims",
     "claim_arms",
+    "PILOT_SPEC",
+    "pilot_baseline",
     "judge_claims",
     "residual_floor_note",
     "claims_frame",
@@ -399,6 +401,20 @@ def claim_arms(spec: ModelSpec = ARMS_SPEC) -> study.ClaimArms:
     build = {p.trial.name: p.trial.build for ablation in ABLATIONS for p in ablation_trials(ablation, spec)}
     example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     return study.ClaimArms(claims(spec, learned_floor(spec.num_classes)), build, example)
+
+
+#: The notebook's default DLA (``channels``, ``deep_levels``), whose ``none`` arm the pilot trains.
+PILOT_SPEC = ModelSpec("dla34", num_classes=32, channels=(8, 8, 16, 24, 48, 96), deep_levels=(1, 1, 1, 2, 4, 1))
+
+
+def pilot_baseline(num_classes: int) -> Any:
+    """The classification pilot's DLA baseline (``python -m dla_repro.experiments.pilot --baseline
+    dla_repro.experiments.dla.classification:pilot_baseline``): ablation A's ``none`` arm -- the notebook's tiny
+    DLA-34 without aggregation, widened to ``full``'s parameters, zero classifier -- the configuration the
+    paper's comparison starts from, never ``full``, the method under test."""
+    spec = dataclasses.replace(PILOT_SPEC, num_classes=num_classes)
+    (none,) = [p for p in ablation_trials("aggregation", spec, modes=("none", "full")) if p.trial.name == "agg=none"]
+    return none.trial.build()
 
 
 def _residual_gains(runs: pd.DataFrame, metric: str) -> tuple[dict[str, dict[int, float]], dict[str, pd.Series]]:
