@@ -69,17 +69,18 @@ def test_a_pilot_of_a_papers_baseline_arm_and_tables_written_before_baselines_we
         pilot.pilot("classification", steps=(1,), seeds=(0,), baseline="nonsense")
 
 
-@pytest.mark.parametrize("notebook, task", [("dla/02_classification.ipynb", "classification"),
-                                            ("dla/03_segmentation.ipynb", "segmentation"),
-                                            ("dla/04_boundaries.ipynb", "segmentation")])
-def test_the_notebooks_quick_defaults_are_the_frozen_v2_recipe_and_the_pilots_epoch(notebook, task):
+@pytest.mark.parametrize("notebook, task, size", [("dla/02_classification.ipynb", "classification", 32),
+                                                  ("dla/03_segmentation.ipynb", "segmentation", 32),
+                                                  ("dla/04_boundaries.ipynb", "segmentation", 32),
+                                                  ("parsenet/05_global_context.ipynb", "segmentation", 64)])
+def test_the_notebooks_quick_defaults_are_the_frozen_v2_recipe_and_the_pilots_epoch(notebook, task, size):
     """The studies train with the recipe the pilot calibrated on the baseline (not a copy that could drift):
     every recipe field is the notebook's default, and an epoch of the fresh stream is the pilot's 50 updates."""
     from dla_repro.paths import repo_root
     from dla_repro.pipeline import notebook_parameters
 
     params = {k: p.default for k, p in notebook_parameters(repo_root() / "notebooks" / notebook).items()}
-    assert params["dataset"] == "synthetic-v2" and params["image_size"] == 32 and len(params["seeds"]) >= 5
+    assert params["dataset"] == "synthetic-v2" and params["image_size"] == size and len(params["seeds"]) >= 5
     recipe = pilot.recipe("synthetic-v2", task)
     if task == "classification":
         assert params["label_smoothing"] == recipe["label_smoothing"]

@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-import signal
-import threading
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +42,7 @@ from . import progress
 from .config import TrainConfig
 from .loop import FitResult, fit
 from .seed import seed_everything
+from .workers import map_in_workers, tracking_environ
 
 __all__ = ["Trial", "SweepResult", "sweep", "count_params", "split_measurements", "resolve_workers"]
 
@@ -252,76 +251,12 @@ class _Context:
 
 
 # ------------------------------------------------------------------ parallel trainings
-# Each worker is a fresh (spawned) process with one intra-op thread: on a CPU, k single-thread trainings side by
-# side use k cores better than one k-thread training (a tiny model's ops are too small to split well).  The
-# worker nests its MLflow runs under the sweep run through the environment (``tracking.PARENT_RUN_ENV``) and
-# tags them with the execution's root run, so recovery and the UI treat them exactly as trainings of this process.
-#
-# Faults.  Ctrl-C reaches the whole process group, but only this process decides: workers ignore SIGINT, and
-# on any failure or interrupt here every worker gets SIGTERM, which a worker turns into KeyboardInterrupt -- its
-# training's run is marked KILLED, as in this process -- and then it exits without a traceback.  A worker whose
-# parent dies (kill -9 of the kernel) stops the same way within a second, so no orphan keeps training; a worker
-# that dies (out of memory) breaks the pool and the sweep fails with that message.
-_WORKER: dict[str, Any] = {}
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _worker_start(context: _Context, environ: dict[str, str], parent: int) -> None:
-    os.environ.update(environ)
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _interrupt)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    _WORKER["context"] = context
-
-
-def _worker_train(trial: Trial, seed: int):
-    try:
-        return _WORKER["context"].train(trial, seed)
-    except KeyboardInterrupt:
-        os._exit(130)  # stopped by the sweep's process, which reports it; the run is already marked KILLED
+def _train_job(context: _Context, trial: Trial, seed: int):
+    return context.train(trial, seed)
 
 
 def _train_in_workers(context: _Context, jobs: list[tuple[Trial, int]], workers: int, parent_id: str | None):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ..paths import WORKDIR_ENV
-
-    environ = {tracking.PROFILE_ENV: tracking.current_profile(), WORKDIR_ENV: str(work_dir())}
-    if parent_id is not None:
-        environ[tracking.PARENT_RUN_ENV] = parent_id
-        root = tracking.root_run_id()
-        if root:
-            environ[tracking.ROOT_RUN_ENV] = root
-    before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_worker_start,
-                               initargs=(context, environ, os.getpid()))
-    try:
-        pending = [pool.submit(_worker_train, *job) for job in jobs]
-        done, total = [None] * len(jobs), len(jobs)
-        progress.report(f"{context.name}: training {total} runs, {workers} at a time")
-        for k, (job, future) in enumerate(zip(jobs, pending)):
-            done[k] = future.result()
-            progress.report(f"{context.name}: finished {job[0].name} seed={job[1]} ({k + 1}/{total} in order)")
-        pool.shutdown()
-        return done
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        workers_now = set(multiprocessing.active_children()) - before
-        for process in workers_now:
-            process.terminate()  # SIGTERM: the worker marks its run KILLED and exits
-        for process in workers_now:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-        raise
+    """The jobs in spawned one-thread workers (:func:`~dla_repro.engine.workers.map_in_workers`: faults,
+    Ctrl-C, orphans), their MLflow runs nested under the sweep run and tagged with the execution's root run."""
+    return map_in_workers(_train_job, jobs, workers, shared=context, environ=tracking_environ(parent_id),
+                          label=context.name)

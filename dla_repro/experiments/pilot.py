@@ -38,7 +38,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,16 +117,15 @@ def baseline_builder(name: str):
     return getattr(importlib.import_module(module), function)
 
 
+def _seed_job(baseline: str, *job) -> dict:
+    """One pilot training in a worker (one thread; its MLflow run nests under the pilot's)."""
+    return _one_seed(*job, threads=1, baseline=baseline)
+
+
 def _one_seed(task: str, version: str, image_size: int, steps: int, seed: int, n_val: int, threads: int,
-              parent_run: str | None = None, baseline: str = "plain") -> dict:
-    """Train the baseline for ``steps`` updates with ``seed``; its final metric and curve.
-
-    ``parent_run``: in a worker process, the MLflow run to nest under (the pilot's)."""
+              baseline: str = "plain") -> dict:
+    """Train the baseline for ``steps`` updates with ``seed``; its final metric and curve."""
     torch.set_num_threads(threads)
-    if parent_run:
-        from ..tracking import PARENT_RUN_ENV
-
-        os.environ[PARENT_RUN_ENV] = parent_run
     from ..engine import ClassificationTask, SegmentationTask, TrainConfig, fit, seed_everything
     from ..models.plain import PlainNet
     from . import study
@@ -170,20 +168,17 @@ def pilot(task: str, version: str = "synthetic-v2", image_size: int = 32, steps:
     ``workers`` > 1 trains that many seeds at once, each in its own process with one thread.
     """
     baseline_builder(baseline)  # a wrong name fails here, not in every worker
-    jobs = [(task, version, image_size, s, seed, n_val, 1 if workers > 1 else torch.get_num_threads(), None,
-             baseline) for s in steps for seed in seeds]
+    jobs = [(task, version, image_size, s, seed, n_val) for s in steps for seed in seeds]
     if workers > 1:
-        import multiprocessing
-
         import mlflow
 
-        active = mlflow.active_run()
-        jobs = [(*job[:7], active.info.run_id if active else None, baseline) for job in jobs]
+        from ..engine.workers import map_in_workers, tracking_environ
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_one_seed, *zip(*jobs)))
+        active = mlflow.active_run()
+        rows = map_in_workers(_seed_job, jobs, workers, shared=baseline,
+                              environ=tracking_environ(active.info.run_id if active else None), label="pilot")
     else:
-        rows = [_one_seed(*job) for job in jobs]
+        rows = [_one_seed(*job, threads=torch.get_num_threads(), baseline=baseline) for job in jobs]
     return pd.DataFrame(rows)
 
 

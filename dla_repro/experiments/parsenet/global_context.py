@@ -67,6 +67,7 @@ __all__ = [
     "METRICS",
     "build_model",
     "make_trials",
+    "pilot_baseline",
     "run",
     "evaluate",
     "segmentation_scores",
@@ -174,6 +175,14 @@ def make_trials(names: Sequence[str], num_classes: int, **model_kwargs) -> list[
 
 
 # --------------------------------------------------------------------------- metrics
+def pilot_baseline(num_classes: int) -> ParseNetSegmenter:
+    """The pilot's ParseNet baseline (``python -m dla_repro.experiments.pilot --task segmentation --image-size 64
+    --baseline dla_repro.experiments.parsenet.global_context:pilot_baseline``): the ``fcn`` trial -- local
+    features only, no normalisation -- on the notebook's backbone (tiny DLA-34, level 3), never a trial with
+    global context, the method under test."""
+    return build_model(num_classes, **TRIALS["fcn"], tiny=True, level=3)
+
+
 def segmentation_scores(cm: torch.Tensor, synthetic=None) -> dict[str, float]:
     """``miou``, ``pixel_acc`` from a confusion matrix; on synthetic data also the context scores.
 
