@@ -89,3 +89,25 @@ def test_the_notebooks_quick_defaults_are_the_frozen_v2_recipe_and_the_pilots_ep
             assert params.get(key, value) == value and (key in params or key in ("warmup_lr", "min_lr")), key
     assert params["n_train"] == pilot.STEPS_PER_EPOCH * params["batch_size"]
     assert params["iterations"] > 0 and "ema" not in params
+
+
+def test_the_classification_pilot_trains_the_notebooks_none_arm_not_full():
+    """The budget pilot's DLA is the notebook's default DLA (widths, deep tree) in ablation A's ``none`` mode:
+    a drift of the notebook's defaults would leave the pilot measuring another model."""
+    import dataclasses
+
+    import torch
+
+    from dla_repro.experiments.dla import classification as cls
+    from dla_repro.paths import repo_root
+    from dla_repro.pipeline import notebook_parameters
+
+    params = {k: p.default for k, p in notebook_parameters(repo_root() / "notebooks" / "dla" / "02_classification.ipynb").items()}
+    assert list(cls.PILOT_SPEC.channels) == params["channels"] and list(cls.PILOT_SPEC.deep_levels) == params["deep_levels"]
+    model = cls.pilot_baseline(16)
+    spec = dataclasses.replace(cls.PILOT_SPEC, num_classes=16)
+    arms = {p.trial.name: p.trial.build() for p in cls.ablation_trials("aggregation", spec, modes=("none", "full"))}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in arms["agg=none"].state_dict().items()}
+    assert shapes != {k: tuple(v.shape) for k, v in arms["agg=full"].state_dict().items()}
+    assert float(model(torch.randn(2, 3, 32, 32)).abs().max()) == 0.0  # zero classifier: the chance loss
