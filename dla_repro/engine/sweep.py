@@ -184,8 +184,9 @@ def sweep(
     with tracking.sweep_run(name, shared, resume=config.resume) as parent:
         parent_id = parent.info.run_id if parent is not None else None
         context = _Context(name, data, config, task, evaluate)
-        if workers > 1:
-            done = _train_in_workers(context, jobs, workers, parent_id)
+        if workers > 1:  # spawned one-thread workers; their runs nest under this one (see engine.workers)
+            done = map_in_workers(_train_job, jobs, workers, shared=context, environ=tracking_environ(parent_id),
+                                  label=name)
         else:
             done = []
             for k, (trial, seed) in enumerate(jobs, 1):
@@ -254,9 +255,3 @@ class _Context:
 def _train_job(context: _Context, trial: Trial, seed: int):
     return context.train(trial, seed)
 
-
-def _train_in_workers(context: _Context, jobs: list[tuple[Trial, int]], workers: int, parent_id: str | None):
-    """The jobs in spawned one-thread workers (:func:`~dla_repro.engine.workers.map_in_workers`: faults,
-    Ctrl-C, orphans), their MLflow runs nested under the sweep run and tagged with the execution's root run."""
-    return map_in_workers(_train_job, jobs, workers, shared=context, environ=tracking_environ(parent_id),
-                          label=context.name)

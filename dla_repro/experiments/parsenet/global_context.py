@@ -174,7 +174,6 @@ def make_trials(names: Sequence[str], num_classes: int, **model_kwargs) -> list[
     return study.trial_table(TRIALS, names, build_model, num_classes=num_classes, logged={}, **model_kwargs)
 
 
-# --------------------------------------------------------------------------- metrics
 def pilot_baseline(num_classes: int) -> ParseNetSegmenter:
     """The pilot's ParseNet baseline (``python -m dla_repro.experiments.pilot --task segmentation --image-size 64
     --baseline dla_repro.experiments.parsenet.global_context:pilot_baseline``): the ``fcn`` trial -- local
@@ -183,6 +182,7 @@ def pilot_baseline(num_classes: int) -> ParseNetSegmenter:
     return build_model(num_classes, **TRIALS["fcn"], tiny=True, level=3)
 
 
+# --------------------------------------------------------------------------- metrics
 def segmentation_scores(cm: torch.Tensor, synthetic=None) -> dict[str, float]:
     """``miou``, ``pixel_acc`` from a confusion matrix; on synthetic data also the context scores.
 
