@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from . import tracking
+from . import interrupts, tracking
 from .execution import Console, ProgressTail, folder_size, output_to_log, promote, staging_dir, update_manifest
 from .paths import notebooks_dir, results_dir
 
@@ -369,6 +369,7 @@ def _logged_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in NOT_LOGGED}
 
 
+@interrupts.deferred()
 def _open_run(job: Job, echo: Callable[[str], None]):
     """The notebook run of this execution: the interrupted one to continue (``job.resume``) or a new one."""
     from mlflow.tracking import MlflowClient

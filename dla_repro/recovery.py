@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import tracking
+from . import interrupts, tracking
 
 HOST_TAG, PROCESS_TAG, ROOT_TAG = "dla_repro.host", "dla_repro.process", "dla_repro.root"
 CLOSED_TAG = "dla_repro.closed"
@@ -106,6 +106,7 @@ def _search(experiment_ids: Iterable[str], filter_string: str) -> list[Any]:
     return _client().search_runs(ids, filter_string=filter_string, max_results=10000)
 
 
+@interrupts.deferred()
 def _close(client, run, status: str, note: str) -> None:
     client.set_tag(run.info.run_id, CLOSED_TAG, note[:5000])
     client.set_terminated(run.info.run_id, status=status)

@@ -20,7 +20,9 @@ The store defaults to ``sqlite:///<repo>/mlflow.db`` resolved from the repositor
 root (papermill's working directory is the notebook's folder), with artifacts in
 ``<repo>/mlartifacts``. ``MLFLOW_TRACKING_URI`` overrides it, e.g. a team server.
 SQLite is switched to WAL journaling and its first initialisation is serialised
-by a file lock, so several processes can log to one store at once.
+by a file lock, so several processes can log to one store at once.  Every write
+here holds Ctrl-C and SIGTERM until it ends (:mod:`dla_repro.interrupts`), so an
+interrupt never leaves the store locked by a half-written transaction.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import interrupts
 from .paths import repo_root, results_dir
 
 PARENT_RUN_ENV = "DLA_REPRO_PARENT_RUN_ID"
@@ -125,6 +128,7 @@ def forget_active_experiment() -> None:
         os.environ.pop(var, None)
 
 
+@interrupts.deferred()
 def get_or_create_experiment(name: str) -> str:
     """The experiment id for ``name``, created (with the UI tag) if absent."""
     import mlflow
@@ -274,6 +278,7 @@ def current_profile() -> str:
     return _state["profile"] or os.environ.get(PROFILE_ENV, "quick")
 
 
+@interrupts.deferred()
 def start_notebook_run(
     experiment: str, params: Mapping[str, Any], profile: str, run_name: str | None = None,
     resume: bool = False,
@@ -324,6 +329,7 @@ def start_notebook_run(
     return run
 
 
+@interrupts.deferred()
 def end_notebook_run(status: str = "FINISHED") -> None:
     import mlflow
 
@@ -404,28 +410,35 @@ def child_run(
     nested = mlflow.active_run() is not None
     if run_id is None and find_existing:
         run_id = find_child_run(run_name, (tags or {}).get("kind"))
-    if run_id is not None:
-        run = mlflow.start_run(run_id=run_id, nested=nested)
-    else:
-        parent = parent_run()
-        if parent is None:
-            run = mlflow.start_run(run_name=run_name, experiment_id=get_or_create_experiment(experiment or "scratch"))
-        else:
-            parent_id, exp_id = parent
-            run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=exp_id,
-                                   parent_run_id=None if nested else parent_id)
+    run = None
     try:
-        if params:
-            _log_params_once(params)
-        mlflow.set_tags({**provenance_tags(), **owner_tags(), "profile": current_profile(), **(tags or {})})
+        # Store writes wait out Ctrl-C (``interrupts``): one held here arrives once ``run`` is set, so it ends KILLED.
+        with interrupts.deferred():
+            if run_id is not None:
+                run = mlflow.start_run(run_id=run_id, nested=nested)
+            else:
+                parent = parent_run()
+                if parent is None:
+                    exp_id = get_or_create_experiment(experiment or "scratch")
+                    run = mlflow.start_run(run_name=run_name, experiment_id=exp_id)
+                else:
+                    parent_id, exp_id = parent
+                    run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=exp_id,
+                                           parent_run_id=None if nested else parent_id)
+            if params:
+                _log_params_once(params)
+            mlflow.set_tags({**provenance_tags(), **owner_tags(), "profile": current_profile(), **(tags or {})})
         yield run
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
-        mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        if run is not None:
+            with interrupts.deferred():
+                with contextlib.suppress(Exception):
+                    mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
+                mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        with interrupts.deferred():
+            mlflow.end_run(status="FINISHED")
 
 
 def sweep_run(name: str, params: Mapping[str, Any] | None = None, resume: bool = False):
@@ -462,6 +475,7 @@ def find_child_run(run_name: str, kind: str | None, unfinished: bool = False) ->
 
 
 # -------------------------------------------------------------------- artifacts
+@interrupts.deferred()
 def log_dataset(
     name: str, digest: str, source: str, context: str = "train", meta: Mapping[str, Any] | None = None
 ) -> None:
@@ -485,6 +499,7 @@ def _results_path(kind: str, filename: str) -> Path:
     return path
 
 
+@interrupts.deferred()
 def log_figure(fig, filename: str, dpi: int = 130) -> Path:
     """Save ``fig`` to ``results/figures/<profile>/<filename>`` and log it to the active run."""
     import mlflow
@@ -496,6 +511,7 @@ def log_figure(fig, filename: str, dpi: int = 130) -> Path:
     return path
 
 
+@interrupts.deferred()
 def log_table(df, filename: str) -> Path:
     """Save a DataFrame to ``results/tables/<profile>/<filename>`` (CSV) and log it."""
     import mlflow
@@ -512,6 +528,7 @@ def metric_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
 
 
+@interrupts.deferred()
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Log ``metrics`` to run ``run_id`` (open or finished) at ``step``, each key at most once.
 
@@ -538,6 +555,7 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> Non
         client.log_batch(run_id, metrics=fresh[i : i + 1000])
 
 
+@interrupts.deferred()
 def log_table_artifact(run_id: str, df, name: str, artifact_path: str = "tables") -> None:
     """Attach a DataFrame to run ``run_id`` as ``<artifact_path>/<name>.csv`` (rewritten if present)."""
     import tempfile
@@ -550,6 +568,7 @@ def log_table_artifact(run_id: str, df, name: str, artifact_path: str = "tables"
         MlflowClient(configure()).log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
+@interrupts.deferred()
 def log_checkpoint(path: str | os.PathLike, artifact_path: str = "checkpoints") -> None:
     import mlflow
 
@@ -557,6 +576,7 @@ def log_checkpoint(path: str | os.PathLike, artifact_path: str = "checkpoints") 
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+@interrupts.deferred()
 def log_notebook(run_id: str, notebook: str | os.PathLike) -> None:
     """Attach an executed notebook to a run (used by the pipeline after papermill)."""
     from mlflow.tracking import MlflowClient

@@ -52,7 +52,7 @@ import torch
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from .. import tracking
+from .. import interrupts, tracking
 from ..outputs import main_output
 from ..paths import checkpoints_dir, work_dir
 from . import distributed, progress
@@ -193,15 +193,10 @@ def fit(
     # ---- train
     with _mlflow_run(dist, run_name, run_params, run_id, ckpt_dir) as run:
         if run is not None:
-            fresh = start == 0
             run_id = run.info.run_id
-            mlflow.log_dict({**cfg.to_dict(), "device": str(device), "amp": amp, "monitor": monitor,
-                             "monitor_mode": mode, "ckpt_dir": _shown_path(ckpt_dir), "num_epochs": epochs,
-                             "updates_per_epoch": updates_per_epoch}, "config.json")
-            identity = dataset_identity(bundle)
-            if fresh and identity is not None:
-                tracking.log_dataset(*identity, context="train")
-            _log_missing_steps(run_id, history)
+            config = {**cfg.to_dict(), "device": str(device), "amp": amp, "monitor": monitor, "monitor_mode": mode,
+                      "ckpt_dir": _shown_path(ckpt_dir), "num_epochs": epochs, "updates_per_epoch": updates_per_epoch}
+            _log_start(run_id, start == 0, bundle, history, config)
 
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -226,7 +221,8 @@ def fit(
                                          ema, cfg, device, autocast, epoch, bar, max_batches)
                 except NonFiniteLossError as err:
                     if run is not None:
-                        mlflow.set_tags({"nonfinite_loss.epoch": err.epoch, "nonfinite_loss.step": err.step})
+                        with interrupts.deferred():
+                            mlflow.set_tags({"nonfinite_loss.epoch": err.epoch, "nonfinite_loss.step": err.step})
                     raise
                 record.update(_prefixed("train_", train))
                 if val_loader is not None:
@@ -245,13 +241,14 @@ def fit(
             improved = best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"])
             if improved:
                 best = {**best, "value": value, "epoch": epoch}
-            if dist.is_main:
-                state = checkpoint(epoch)
-                if improved:
-                    save_checkpoint(state, best_path)
-                save_checkpoint(state, last_path)
-            if run is not None:
-                mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            with interrupts.deferred():  # a Ctrl-C here would leave the store locked (see interrupts)
+                if dist.is_main:
+                    state = checkpoint(epoch)
+                    if improved:
+                        save_checkpoint(state, best_path)
+                    save_checkpoint(state, last_path)
+                if run is not None:
+                    mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if dist.is_main:
                 progress.report(progress.format_epoch(
                     run_name, epoch, epochs, record, [r["epoch_time_s"] for r in history[start:]],
@@ -414,6 +411,16 @@ def _run_exists(run_id: str) -> bool:
     except mlflow.exceptions.MlflowException:
         return False
     return True
+
+
+@interrupts.deferred()
+def _log_start(run_id: str, fresh: bool, bundle: Any, history: list[dict[str, Any]], config: dict) -> None:
+    """What a run gets before its first epoch: the config, the dataset (new runs), the steps a resume lacks."""
+    mlflow.log_dict(config, "config.json")
+    identity = dataset_identity(bundle)
+    if fresh and identity is not None:
+        tracking.log_dataset(*identity, context="train")
+    _log_missing_steps(run_id, history)
 
 
 def _log_missing_steps(run_id: str, history: list[dict[str, Any]]) -> None:

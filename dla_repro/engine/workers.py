@@ -15,8 +15,9 @@ model's ops are too small to split well.  A job gives the same numbers in any wo
 Faults.  Ctrl-C reaches the whole process group, but only the calling process decides: workers ignore
 SIGINT, and on any failure or interrupt there every worker gets SIGTERM, which a worker turns into
 ``KeyboardInterrupt`` -- a training's MLflow run is marked KILLED, as in the calling process -- and then it
-exits without a traceback.  A worker whose parent dies (kill -9 of the kernel) stops the same way within a
-second, so no orphan keeps training; a worker that dies (out of memory) breaks the pool and the call fails
+exits without a traceback (an interrupt that lands in a write to the run store waits for the write to end:
+:mod:`dla_repro.interrupts`).  A worker whose parent dies (kill -9 of the kernel) stops the same way within a
+second, and exits regardless a minute later, so no orphan keeps training; a worker that dies (out of memory) breaks the pool and the call fails
 with that message.  Used by :func:`dla_repro.engine.sweep` and the pilot (``dla_repro.experiments.pilot``).
 """
 
@@ -37,6 +38,7 @@ from . import progress
 __all__ = ["map_in_workers", "tracking_environ"]
 
 _STATE: dict[str, Any] = {}
+_ORPHAN_GRACE_S = 60.0
 
 
 def tracking_environ(parent_run_id: str | None) -> dict[str, str]:
@@ -61,6 +63,8 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(_ORPHAN_GRACE_S)  # the training should have marked its run KILLED and exited by now
+    os._exit(130)
 
 
 def _start(function: Callable, shared: Any, environ: Mapping[str, str], parent: int) -> None:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from ..data.synthetic import SYNTHETIC_VERSION, SyntheticConfig, make_splits
 from ..metrics.segmentation import confusion_matrix, iou_from_confusion
+from .. import interrupts
 from ..paths import results_dir
 
 __all__ = ["CALIBRATION_TABLE", "calibrate", "load_calibration", "scene_evidence", "main"]
@@ -206,7 +207,8 @@ def calibrate(
             path = write_calibration(df)
             import mlflow
 
-            mlflow.log_artifact(str(path), artifact_path="tables")
+            with interrupts.deferred():
+                mlflow.log_artifact(str(path), artifact_path="tables")
     return df
 
 

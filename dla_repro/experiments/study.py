@@ -66,6 +66,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import interrupts
 from ..analysis.claims import ALPHA, INCONCLUSIVE, RULE, Verdict, compare, holm
 from ..engine import DataBundle, TrainConfig, Trial, sweep
 from ..metrics.complexity import count_params
@@ -742,14 +743,15 @@ def _log_plan(plan: ClaimsPlan) -> str:
         if children:
             raise PlanError(f"{plan.experiment}: run {run_id} already has trainings (e.g. "
                             f"{children[0].info.run_name!r}); pre-register the claims before training starts")
-    tracking._log_params_once(plan.params())
-    mlflow.log_dict(plan.to_json(), "claims_plan.json")
-    mlflow.log_text(plan.table.to_csv(index=False), "claims_plan.csv")
-    tracking.log_table(plan.table, f"{plan.experiment}_claims_plan.csv")
     new_tags = {PLAN_TAG: plan.sha256}
     if PLAN_TIME_TAG not in tags:
         new_tags[PLAN_TIME_TAG] = str(int(time.time() * 1000))
-    mlflow.set_tags(new_tags)
+    with interrupts.deferred():
+        tracking._log_params_once(plan.params())
+        mlflow.log_dict(plan.to_json(), "claims_plan.json")
+        mlflow.log_text(plan.table.to_csv(index=False), "claims_plan.csv")
+        tracking.log_table(plan.table, f"{plan.experiment}_claims_plan.csv")
+        mlflow.set_tags(new_tags)
     return run_id
 
 
