@@ -6,10 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 
-.PHONY: setup reproduce test smoke lab ui lock clean-results help
+.PHONY: setup reproduce replicate test smoke lab ui lock clean-results help
 
 help:
 	@echo "make reproduce   run every notebook in notebooks/pipeline.yaml (profile=$(PROFILE)), log to MLflow, write results/"
+	@echo "make replicate   re-run the profile into $(REPLICA) and compare its verdicts and arm means with results/"
 	@echo "make test        run the test suite"
 	@echo "make smoke       run the whole pipeline in the seconds-long smoke profile"
 	@echo "make lab         JupyterLab on this repository (127.0.0.1)"
@@ -27,6 +28,16 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 reproduce: setup
 	$(BIN)/dla-repro run --profile $(PROFILE)
+
+# A re-run on this machine, in its own results folder and MLflow store, judged against the committed results/.
+REPLICA ?= replication
+replicate: setup
+	rm -rf $(REPLICA) && mkdir -p $(REPLICA)
+	DLA_REPRO_RESULTS=$(abspath $(REPLICA))/results MLFLOW_TRACKING_URI=sqlite:///$(abspath $(REPLICA))/mlflow.db \
+	  DLA_REPRO_ARTIFACTS=$(abspath $(REPLICA))/mlartifacts DLA_REPRO_CHECKPOINTS=$(abspath $(REPLICA))/checkpoints \
+	  DLA_REPRO_LOGS=$(abspath $(REPLICA))/logs \
+	  $(BIN)/dla-repro run --profile $(PROFILE)
+	$(BIN)/dla-repro replication $(REPLICA)/results --profile $(PROFILE)
 
 smoke: setup
 	$(BIN)/dla-repro run --profile smoke

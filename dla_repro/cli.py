@@ -5,6 +5,7 @@
     dla-repro ui [--host 127.0.0.1] [--port 5000]
     dla-repro bench {models,synthetic,kernels} [--op NAME ...] [...]
     dla-repro report [--profile P]
+    dla-repro replication OTHER_RESULTS [--reference DIR] [--profile P]
 """
 
 from __future__ import annotations
@@ -179,6 +180,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replication(args: argparse.Namespace) -> int:
+    from .analysis.replication import write_replication
+    from .paths import repo_root
+
+    reference = args.reference or repo_root() / "results"
+    try:
+        out = write_replication(reference, args.rerun, args.profile)
+    except (FileNotFoundError, ValueError, SyntaxError) as exc:
+        print(f"dla-repro: error: {exc}", file=sys.stderr)
+        return 2
+    print(out["text"])
+    print(f"wrote {out['path']}")
+    return 0 if out["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dla-repro", description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=None, help="pipeline file (default: notebooks/pipeline.yaml)")
@@ -227,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "What reproduced")
     p.add_argument("--profile", choices=pipeline.PROFILES, default="quick")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("replication", help="compare another results folder (a re-run elsewhere) with the committed "
+                                           "one: same verdicts? each arm's mean inside the committed 95 %% interval? "
+                                           "exit status 1 when not")
+    p.add_argument("rerun", type=Path, help="the re-run's results folder (written with DLA_REPRO_RESULTS=...)")
+    p.add_argument("--reference", type=Path, default=None, help="the reference results folder (default: results/)")
+    p.add_argument("--profile", choices=pipeline.PROFILES, default="quick")
+    p.set_defaults(func=_cmd_replication)
     return parser
 
 
