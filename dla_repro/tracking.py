@@ -210,6 +210,9 @@ def hardware() -> dict[str, str]:
         "cpu": _cpu_name(),
         "cpu_count": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
+        # The vector instructions PyTorch's CPU kernels use (AVX512, AVX2, DEFAULT; ATEN_CPU_CAPABILITY lowers
+        # it): they decide the floating-point rounding, so two CPUs give different numbers for one seed.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu": "none",
     }
     if torch.cuda.is_available():

@@ -97,7 +97,8 @@ def _hardware(manifest: dict) -> str:
     hw = manifest.get("hardware") or {}
     if not hw:
         return "hardware not recorded"
-    return f"{hw.get('cpu', '?')} ({hw.get('cpu_count', '?')} cores), GPU: {hw.get('gpu', '?')}"
+    isa = f", PyTorch CPU kernels {hw['cpu_capability']}" if hw.get("cpu_capability") else ""
+    return f"{hw.get('cpu', '?')} ({hw.get('cpu_count', '?')} cores{isa}), GPU: {hw.get('gpu', '?')}"
 
 
 def replication_markdown(verdicts: pd.DataFrame, arms: pd.DataFrame, profile: str, reference: str, rerun: str,
