@@ -69,6 +69,20 @@ def test_a_pilot_of_a_papers_baseline_arm_and_tables_written_before_baselines_we
         pilot.pilot("classification", steps=(1,), seeds=(0,), baseline="nonsense")
 
 
+def test_scores_adds_what_the_final_baseline_gives_beyond_the_pilot_metric(tmp_path):
+    """--scores module:function scores each final baseline (here ParseNet's fcn trial: does it find the context
+    shapes at all?) and the summary carries the mean of each score."""
+    runs = pilot.pilot("segmentation", image_size=64, steps=(2,), seeds=(0, 1), n_val=4,
+                       baseline="dla_repro.experiments.parsenet.global_context:pilot_baseline",
+                       scores="dla_repro.experiments.parsenet.global_context:evaluate")
+    assert {"score.eval_miou", "score.eval_miou_context", "score.eval_context_shape_recall"} <= set(runs)
+    assert runs["score.eval_miou"].between(0, 1).all()
+    summary = pilot.summarize(runs, 0.02)
+    assert summary["score.eval_miou"].item() == pytest.approx(runs["score.eval_miou"].mean())
+    with pytest.raises(ValueError, match="package.module:function"):
+        pilot.pilot("segmentation", steps=(1,), seeds=(0,), scores="evaluate")
+
+
 @pytest.mark.parametrize("notebook, task, size", [("dla/02_classification.ipynb", "classification", 32),
                                                   ("dla/03_segmentation.ipynb", "segmentation", 32),
                                                   ("dla/04_boundaries.ipynb", "segmentation", 32),

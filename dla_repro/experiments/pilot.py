@@ -29,6 +29,9 @@ Run (one process per seed, one thread each; writes ``results/tables/pilot/``)::
     python -m dla_repro.experiments.pilot --task classification --steps 300 600 900
     python -m dla_repro.experiments.pilot --task segmentation --steps 100 200 --n-val 1000 \
         --baseline dla_repro.experiments.dla.segmentation:pilot_baseline
+    python -m dla_repro.experiments.pilot --task segmentation --image-size 64 --steps 400 800 --n-val 500 \
+        --baseline dla_repro.experiments.parsenet.global_context:pilot_baseline \
+        --scores dla_repro.experiments.parsenet.global_context:evaluate
 """
 
 from __future__ import annotations
@@ -109,22 +112,30 @@ def baseline_builder(name: str):
     decoder, ``dla_repro.experiments.dla.segmentation:pilot_baseline``.  Never a method under test."""
     if name == "plain":
         return None
-    import importlib
+    if ":" not in name:
+        raise ValueError(f"baseline {name!r}: expected 'plain' or 'package.module:function'")
+    return _resolve(name)
 
+
+def _seed_job(named: tuple[str, str | None], *job) -> dict:
+    """One pilot training in a worker (one thread; its MLflow run nests under the pilot's)."""
+    baseline, scores = named
+    return _one_seed(*job, threads=1, baseline=baseline, scores=scores)
+
+
+def _resolve(name: str):
     module, _, function = name.partition(":")
     if not function:
-        raise ValueError(f"baseline {name!r}: expected 'plain' or 'package.module:function'")
+        raise ValueError(f"{name!r}: expected 'package.module:function'")
+    import importlib
+
     return getattr(importlib.import_module(module), function)
 
 
-def _seed_job(baseline: str, *job) -> dict:
-    """One pilot training in a worker (one thread; its MLflow run nests under the pilot's)."""
-    return _one_seed(*job, threads=1, baseline=baseline)
-
-
 def _one_seed(task: str, version: str, image_size: int, steps: int, seed: int, n_val: int, threads: int,
-              baseline: str = "plain") -> dict:
-    """Train the baseline for ``steps`` updates with ``seed``; its final metric and curve."""
+              baseline: str = "plain", scores: str | None = None) -> dict:
+    """Train the baseline for ``steps`` updates with ``seed``; its final metric and curve, and ``scores``'s
+    numbers for the final model (``score.<name>``) when given."""
     torch.set_num_threads(threads)
     from ..engine import ClassificationTask, SegmentationTask, TrainConfig, fit, seed_everything
     from ..models.plain import PlainNet
@@ -154,20 +165,26 @@ def _one_seed(task: str, version: str, image_size: int, steps: int, seed: int, n
     metric = METRICS[task]
     curve = result.history[["epoch", metric]].assign(step=lambda h: np.minimum((h["epoch"] + 1) * STEPS_PER_EPOCH,
                                                                                steps))
+    extra = {f"score.{k}": float(v) for k, v in _resolve(scores)(model, data).items()} if scores else {}
     return {"task": task, "version": version, "baseline": baseline, "image_size": image_size, "steps": steps,
             "seed": seed,
             "metric": metric, "value": float(result.final[metric]), "seconds": seconds, "threads": threads,
-            "run_id": result.run_id, "curve": curve[["step", metric]].values.tolist()}
+            "run_id": result.run_id, "curve": curve[["step", metric]].values.tolist(), **extra}
 
 
 def pilot(task: str, version: str = "synthetic-v2", image_size: int = 32, steps: Sequence[int] = (600,),
           seeds: Sequence[int] = (0, 1, 2, 3, 4), n_val: int = 5000, workers: int = 1,
-          baseline: str = "plain") -> pd.DataFrame:
+          baseline: str = "plain", scores: str | None = None) -> pd.DataFrame:
     """Every (budget, seed) of the plain baseline, one row each (``curve``: ``[step, metric]`` per evaluation).
 
-    ``workers`` > 1 trains that many seeds at once, each in its own process with one thread.
+    ``workers`` > 1 trains that many seeds at once, each in its own process with one thread.  ``scores``,
+    ``"package.module:function"``, is called as ``function(model, data)`` on each final baseline and its
+    numbers are added to the row as ``score.<name>`` -- what else a budget must give *the baseline* before a
+    claim can be judged at it (e.g. ParseNet's context classes found at all), never a method's result.
     """
     baseline_builder(baseline)  # a wrong name fails here, not in every worker
+    if scores:
+        _resolve(scores)
     jobs = [(task, version, image_size, s, seed, n_val) for s in steps for seed in seeds]
     if workers > 1:
         import mlflow
@@ -175,10 +192,10 @@ def pilot(task: str, version: str = "synthetic-v2", image_size: int = 32, steps:
         from ..engine.workers import map_in_workers, tracking_environ
 
         active = mlflow.active_run()
-        rows = map_in_workers(_seed_job, jobs, workers, shared=baseline,
+        rows = map_in_workers(_seed_job, jobs, workers, shared=(baseline, scores),
                               environ=tracking_environ(active.info.run_id if active else None), label="pilot")
     else:
-        rows = [_one_seed(*job, threads=torch.get_num_threads(), baseline=baseline) for job in jobs]
+        rows = [_one_seed(*job, threads=torch.get_num_threads(), baseline=baseline, scores=scores) for job in jobs]
     return pd.DataFrame(rows)
 
 
@@ -202,7 +219,8 @@ def summarize(runs: pd.DataFrame, target: float, n: int = 5) -> pd.DataFrame:
         rows.append({"task": task, "version": version, "baseline": baseline, "image_size": size, "steps": steps,
                      "metric": g["metric"].iloc[0], "seeds": len(g), "mean": float(g["value"].mean()), "sd": sd, "n": n, "mde_at_n": mde(sd, n),
                      "target_mde": target, "seeds_for_target": seeds_for(sd, target),
-                     "late_gain": _late_gain(g["curve"]), "seconds_per_run": float(g["seconds"].median())})
+                     "late_gain": _late_gain(g["curve"]), "seconds_per_run": float(g["seconds"].median()),
+                     **{col: float(g[col].mean()) for col in g if col.startswith("score.")}})
     return pd.DataFrame(rows)
 
 
@@ -259,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-val", type=int, default=5000)
     parser.add_argument("--baseline", default="plain",
                         help="plain (PlainNet), or package.module:function building a paper's baseline arm")
+    parser.add_argument("--scores", default=None, metavar="package.module:function",
+                        help="also score each final baseline with function(model, data) (columns score.<name>)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--target", type=float, default=None,
                         help="target MDE (default: 0.03 top-1 for classification, 0.02 mIoU for segmentation)")
@@ -272,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                       "image_size": args.image_size,
                                       "steps": list(args.steps), "seeds": list(args.seeds)}, experiment="pilot"):
         runs = pilot(args.task, args.version, args.image_size, args.steps, args.seeds, args.n_val, args.workers,
-                     args.baseline)
+                     args.baseline, args.scores)
     summary = summarize(runs, target)
     print(summary.drop(columns=["task", "version", "baseline"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if not args.no_write:
