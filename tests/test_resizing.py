@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -277,6 +278,8 @@ def test_gmacs_loss_adds_lambda_times_gmacs_and_follows_the_task_contract():
     assert "top1" in evaluator.compute()
     with pytest.raises(ValueError, match="model"):
         task.loss(out, target)
+    clone = pickle.loads(pickle.dumps(task))  # a sweep hands its task to worker processes by pickling
+    assert clone.loss(out, target, model=model).item() == pytest.approx(loss.item(), rel=1e-6)
 
 
 # -------------------------------------------------------------------------- surgery

@@ -454,7 +454,9 @@ class WithGMACsLoss:
     loop calls ``loss(output, target, model=model)`` with the unwrapped model;
     ``metrics``, ``monitor``, ``mode`` and ``params`` are the wrapped task's
     (``params`` adds λ and the size). The extra term is computed from one
-    forward pass of ``batch_size`` zero images (see :func:`differentiable_macs`).
+    forward pass of ``batch_size`` zero images (see :func:`differentiable_macs`),
+    at every call: the engine's evaluation loss calls it too, so ``val_loss``
+    is the same objective as ``train_loss`` (the task's metrics are unchanged).
     """
 
     def __init__(self, task: Any, input_size: Sequence[int], gmacs_weight: float, batch_size: int = 1):
