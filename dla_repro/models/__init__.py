@@ -24,6 +24,7 @@ from the submodules (``from dla_repro.models import DLA`` imports :mod:`.dla`):
 ``dla_up``          DLA-Up and the FCN decoder on that contract
 ``parsenet``        ParseNet's L2 normalisation, global context and head
 ``plain``           the plain calibration baseline
+``resizing``        DynOPool and Shape Adaptor, a differentiable MACs estimate, pool surgery
 ==================  ==============================================================
 """
 
@@ -44,6 +45,7 @@ _EXPORTS = {
     "segmentation": ("BaseSegmenter", "Segmenter", "FCNHead", "level_info", "feature_channels", "select_levels"),
     "dla_up": ("BilinearConvTranspose2d", "bilinear_upsampler", "IDAUp", "DLAUp", "DLAUpSegmenter", "create_dla_up"),
     "parsenet": ("L2NormScale", "ParseNetHead", "ParseNetSegmenter", "create_parsenet", "vgg16_fcn"),
+    "resizing": ("DynOPool", "ShapeAdaptor", "differentiable_macs", "WithGMACsLoss", "replace_resizing"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
