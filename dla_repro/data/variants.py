@@ -53,6 +53,15 @@ with the per-channel ``(x − mean) / std``: resizing a normalised image equals
 normalising the resized one.  Labels pass through untouched; a dense target
 (a mask) is refused, since these variants would misalign it.
 
+**Labels that encode position.**  The variants were made for CIFAR's object
+labels, which no crop or tiling changes.  The synthetic classification label is
+``shape@position`` (a quadrant of the image): ``stretch_v``'s crop moves the
+target vertically and drops its centre from the window in about two samples of
+five (factor 2, 32 px; target boxes of 400 synthetic-v1 / v2 samples), so the
+label is then unseeable, and ``tile`` keeps the position only relative to each
+tile.  Accuracy on those variants of the synthetic data is therefore not
+comparable to CIFAR's; read it as a harder task, not as the paper's.
+
 **Randomness** (only ``stretch_v``'s crop offset) follows the synthetic data's
 convention (``dla_repro.data.synthetic``, "Determinism"): each item draws from
 its own stream, so an item is the same whatever batch, order or worker produced
