@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from dla_repro.data.readers import CIFAR100, build_classification_dataset
 from dla_repro.data.synthetic import SyntheticConfig, SyntheticDataset, make_splits
 from dla_repro.data.variants import (
     VARIANT_NAMES,
+    VARIANTS,
     make_variant,
     make_variant_splits,
     output_sizes,
@@ -23,6 +25,7 @@ from dla_repro.data.variants import (
 from dla_repro.engine.loaders import as_bundle, dataset_identity
 from fixtures_formats import write_cifar100
 
+matplotlib.use("Agg")
 
 H = W = 32
 
@@ -250,3 +253,31 @@ def test_variants_of_cifar100_in_its_real_format(tmp_path):
     stretched = make_variant(CIFAR100(tmp_path, "train"), "stretch_v", seed=0)
     clone = pickle.loads(pickle.dumps(stretched))  # spawn-started DataLoader workers pickle the dataset
     assert all(torch.equal(clone[i][0], stretched[i][0]) for i in range(4))
+
+
+# ----------------------------------------------------------------------------- plot
+def test_plot_variants_has_one_row_per_variant():
+    from dla_repro.data.variant_plots import plot_variants
+
+    splits = make_splits(SyntheticConfig(image_size=32), n_train=3, n_val=1)
+    cfg = splits.train.config
+    names = list(VARIANT_NAMES)
+    fig = plot_variants(splits.train, n=3, mean=cfg.mean, std=cfg.std, class_names=cfg.label_names)
+    try:
+        axes = np.array(fig.axes).reshape(len(names), 3)
+        for r, name in enumerate(names):
+            assert axes[r, 0].get_ylabel().startswith(name)
+            size = (64, 64) if name == "large" else (32, 32)
+            assert axes[r, 0].images[0].get_array().shape[:2] == size
+            assert axes[r, 0].get_xlim() == (0, 64), "one pixel scale for every panel"
+        assert axes[0, 1].get_title() == cfg.label_names[int(splits.train[1][1])]
+    finally:
+        matplotlib.pyplot.close(fig)
+    fig = plot_variants(splits.train, ["tile", "stretch_v"], indices=[2], factors={"tile": {"grid": 2}})
+    try:
+        assert len(fig.axes) == 2 and "grid=2" in fig.axes[0].get_ylabel()
+    finally:
+        matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="unknown dataset variant"):
+        plot_variants(splits.train, ["nope"])
+    assert set(VARIANTS) == set(names)
