@@ -1,4 +1,4 @@
-"""Figure of the DynOPool toy variants (arXiv 2205.15254, Sec. 4) for the notebooks.
+"""Figure of the DynOPool toy variants (arXiv 2205.15254, toy experiments, Table 1) for the notebooks.
 
 Like ``synthetic_plots``, the function returns a matplotlib ``Figure`` and draws
 nothing else; the notebook adds the provenance caption (``plots.caption``) and logs it.

@@ -1,7 +1,7 @@
 """The DynOPool toy variants of a classification dataset: ``original``, ``stretch_v``, ``tile``, ``large``.
 
 Jang, Chu, Kim, Han, "Pooling Revisited: Your Receptive Field is Suboptimal",
-CVPR 2022, arXiv 2205.15254, Sec. 4 (toy experiments, Table 1): VGG-16 is
+CVPR 2022, arXiv 2205.15254, the toy experiments (Table 1): VGG-16 is
 trained on CIFAR-100 and on three variants of it whose best receptive field
 differs from the original's --
 
