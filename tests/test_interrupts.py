@@ -14,6 +14,15 @@ from dla_repro import interrupts, tracking
 from dla_repro.engine import TrainConfig, fit
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Python's own Ctrl-C handler, whatever the test process inherited (a run started with ``&`` or ``nohup``
+    ignores SIGINT, and so would these tests' interrupts)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_ctrl_c_inside_the_block_arrives_when_it_ends_and_nested_blocks_wait_for_the_outermost():
     reached = []
     with pytest.raises(KeyboardInterrupt):
