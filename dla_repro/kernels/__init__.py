@@ -17,18 +17,27 @@ Adding an op (e.g. DynOPool's resize, GALD's mask):
 The benchmark (``dla-repro bench kernels``) and the test harness
 (``tests/test_kernels.py``) iterate the table, so the row is all they need.
 Importing this package does not import triton.  It knows nothing of models;
-:mod:`dla_repro.models.parsenet` uses :func:`l2norm_scale`.
+:mod:`dla_repro.models.parsenet` uses :func:`l2norm_scale`,
+:class:`dla_repro.models.resizing.DynOPool` uses :func:`dynopool_resample`.
 """
 
 from __future__ import annotations
 
+from . import dynopool_resample as _dynopool_resample
 from . import l2norm
+from .dynopool_resample import dynopool_resample_reference
 from .l2norm import l2norm_scale_reference
 from .registry import *  # noqa: F403  (the op-table API: KernelOp, OPS, register_op, kernel_backend, ...)
 from .registry import __all__ as _OP_TABLE_API
 from .registry import KernelOp, register_op
 
-__all__ = [*_OP_TABLE_API, "l2norm_scale", "l2norm_scale_reference"]
+__all__ = [
+    *_OP_TABLE_API,
+    "dynopool_resample",
+    "dynopool_resample_reference",
+    "l2norm_scale",
+    "l2norm_scale_reference",
+]
 
 # --------------------------------------------------------------------------- the op table
 #: ``l2norm_scale(x, gamma, eps=1e-10)``: ParseNet's L2Norm with a learned scale,
@@ -41,4 +50,17 @@ l2norm_scale = register_op(KernelOp(
     test=l2norm.TEST,
     grad_inputs=(0, 1),
     source="ParseNet, arXiv 1506.04579, §3.3",
+))  # fmt: skip
+
+#: ``dynopool_resample(x, r, offsets, out_size=None, reduce="max", padding_mode="border")``:
+#: DynOPool's K bilinear queries per output cell and their max (or mean), differentiable
+#: in ``x`` and the scale factor ``r``; contract: :func:`dynopool_resample_reference`.
+dynopool_resample = register_op(KernelOp(
+    name="dynopool_resample",
+    reference=dynopool_resample_reference,
+    triton="dla_repro.kernels.dynopool_resample_triton:dynopool_resample_triton",
+    bench=_dynopool_resample.BENCH,
+    test=_dynopool_resample.TEST,
+    grad_inputs=(0, 1),
+    source="DynOPool, arXiv 2205.15254, §3 (our equations: dla_repro.models.resizing.DynOPool)",
 ))  # fmt: skip

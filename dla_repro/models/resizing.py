@@ -46,6 +46,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import dynopool_resample, dynopool_resample_reference
+from ..kernels.dynopool_resample import (  # noqa: F401  (QUARTER_OFFSETS, TIE_TOLERANCE: part of this module's API)
+    PADDING_MODES,
+    QUARTER_OFFSETS,
+    REDUCTIONS,
+    TIE_TOLERANCE,
+    resample_size,
+)
+
 __all__ = [
     "DynOPool",
     "ShapeAdaptor",
@@ -64,11 +73,9 @@ __all__ = [
     "ALPHA_PATTERN",
 ]
 
-# Four query points per output cell, as fractions of the cell (row, column) from its centre:
-# the centres of the cell's four quadrants.
-QUARTER_OFFSETS = ((-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25))
-REDUCTIONS = ("max", "mean")
-TIE_TOLERANCE = 1e-4  # pixels: r·H this close to a half-integer rounds down
+# QUARTER_OFFSETS: four query points per output cell, as fractions of the cell (row, column)
+# from its centre -- the centres of its four quadrants; TIE_TOLERANCE: pixels, r·H this close
+# to a half-integer rounds down.  Defined with the resampling op.
 
 
 def _logit(p: float) -> float:
@@ -134,6 +141,12 @@ class DynOPool(nn.Module):
     (⌊H/2⌋) but the values do not: the ⌊H/2⌋ cells of spacing 2 are centred on
     the input, so every query falls half-way between two pixels and reads
     their mean (max-pool drops the last row instead).
+
+    **Implementation**: :func:`dla_repro.kernels.dynopool_resample`, an op of
+    the kernel table -- the ``F.grid_sample`` reference (the computation
+    above) on CPU, a Triton kernel for CUDA tensors (``padding_mode``
+    ``"border"`` or ``"zeros"``); ``DLA_REPRO_KERNELS=reference`` forces the
+    reference.
     """
 
     def __init__(
@@ -167,27 +180,13 @@ class DynOPool(nn.Module):
         return r_min + (r_max - r_min) * torch.sigmoid(self.alpha)
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
-        r_h, r_w = self.scale().detach().tolist()
-        return max(1, math.ceil(r_h * h - 0.5 - TIE_TOLERANCE)), max(1, math.ceil(r_w * w - 0.5 - TIE_TOLERANCE))
+        return resample_size(h, w, self.scale())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        oh, ow = self.output_size(h, w)
-        r = self.scale().to(x.dtype)
-        offsets = self.offsets.to(x)  # K×2
-        k = offsets.shape[0]
-        # cell centres, then the K query points of each cell, in input pixel coordinates
-        cy = (h - 1) / 2 + (torch.arange(oh, device=x.device, dtype=x.dtype) - (oh - 1) / 2) / r[0]
-        cx = (w - 1) / 2 + (torch.arange(ow, device=x.device, dtype=x.dtype) - (ow - 1) / 2) / r[1]
-        qy = cy[None, :] + offsets[:, :1] / r[0]  # K×H'
-        qx = cx[None, :] + offsets[:, 1:] / r[1]  # K×W'
-        gy = (2 * qy + 1) / h - 1  # align_corners=False normalisation
-        gx = (2 * qx + 1) / w - 1
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # K×H'×W'×2 (x, y)
-        grid = grid.reshape(1, k * oh, ow, 2).expand(n, -1, -1, -1)
-        q = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False)
-        q = q.view(n, c, k, oh, ow)
-        return q.amax(dim=2) if self.reduce == "max" else q.mean(dim=2)
+        # the op of the kernel table: the Triton kernel on CUDA, the grid_sample reference elsewhere
+        op = dynopool_resample if self.padding_mode in PADDING_MODES else dynopool_resample_reference
+        return op(x, self.scale(), self.offsets, out_size=self.output_size(*x.shape[-2:]),
+                  reduce=self.reduce, padding_mode=self.padding_mode)  # fmt: skip
 
     def extra_repr(self) -> str:
         r = ", ".join(f"{v:.4f}" for v in self.scale().detach().tolist())
