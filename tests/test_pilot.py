@@ -86,7 +86,8 @@ def test_scores_adds_what_the_final_baseline_gives_beyond_the_pilot_metric(tmp_p
 @pytest.mark.parametrize("notebook, task, size", [("dla/02_classification.ipynb", "classification", 32),
                                                   ("dla/03_segmentation.ipynb", "segmentation", 32),
                                                   ("dla/04_boundaries.ipynb", "segmentation", 32),
-                                                  ("parsenet/05_global_context.ipynb", "segmentation", 64)])
+                                                  ("parsenet/05_global_context.ipynb", "segmentation", 64),
+                                                  ("dynopool/06_dynopool.ipynb", "classification", 32)])
 def test_the_notebooks_quick_defaults_are_the_frozen_v2_recipe_and_the_pilots_epoch(notebook, task, size):
     """The studies train with the recipe the pilot calibrated on the baseline (not a copy that could drift):
     every recipe field is the notebook's default, and an epoch of the fresh stream is the pilot's 50 updates."""
