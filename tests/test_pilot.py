@@ -126,3 +126,22 @@ def test_the_classification_pilot_trains_the_notebooks_none_arm_not_full():
     assert shapes == {k: tuple(v.shape) for k, v in arms["agg=none"].state_dict().items()}
     assert shapes != {k: tuple(v.shape) for k, v in arms["agg=full"].state_dict().items()}
     assert float(model(torch.randn(2, 3, 32, 32)).abs().max()) == 0.0  # zero classifier: the chance loss
+
+
+def test_the_dynopool_pilot_trains_the_notebooks_hand_designed_net():
+    """DynOPool's budget pilot is the notebook's ``hand`` arm at its default widths: fixed max-pools (no learned
+    resizing, the method under test), zero classifier."""
+    import torch
+
+    from dla_repro.experiments.dynopool import resizing as dyn
+    from dla_repro.models.resizing import resizing_modules
+    from dla_repro.paths import repo_root
+    from dla_repro.pipeline import notebook_parameters
+
+    params = {k: p.default for k, p in notebook_parameters(repo_root() / "notebooks" / "dynopool" / "06_dynopool.ipynb").items()}
+    model = dyn.pilot_baseline(16)
+    notebook_hand = dyn.build_model(16, "hand", widths=params["widths"])
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in notebook_hand.state_dict().items()}
+    assert not resizing_modules(model) and resizing_modules(dyn.build_model(16, "dynopool"))
+    assert float(model(torch.randn(2, 3, 32, 32)).detach().abs().max()) == 0.0

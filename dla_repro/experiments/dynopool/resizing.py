@@ -210,6 +210,13 @@ def build_model(num_classes: int, resizing: str = "hand", widths: Sequence[int] 
     return replace_resizing(model, kind=resizing, input_size=int(input_size))
 
 
+def pilot_baseline(num_classes: int) -> TinyVGG:
+    """The pilot's baseline (``python -m dla_repro.experiments.pilot --baseline
+    dla_repro.experiments.dynopool.resizing:pilot_baseline``): the ``hand`` arm at the notebook's default
+    widths, zero classifier -- the hand-designed network the claims compare against, never a learned resizing."""
+    return build_model(num_classes, "hand")
+
+
 def param_counts(num_classes: int = 16, widths: Sequence[int] = (8, 16, 32, 64, 64)) -> dict[str, int]:
     """Parameters per arm (DynOPool: +2 per pool, Shape Adaptor: +1)."""
     return {arm: sum(p.numel() for p in build_model(num_classes, **spec, widths=widths).parameters())
