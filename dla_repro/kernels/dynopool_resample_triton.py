@@ -82,7 +82,7 @@ import triton.language as tl
 
 from .dynopool_resample import PADDING_MODES, check_resample_args, resample_size
 from .registry import accumulation_dtype
-from .triton_utils import check_device, default_programs, device_context, jitted, tl_dtype
+from .triton_utils import block_sizes, check_device, default_programs, device_context, jitted, tl_dtype
 
 __all__ = ["dynopool_resample_triton", "choose_blocks"]
 
@@ -282,12 +282,7 @@ def choose_blocks(
 
     A heuristic, not tuned on hardware.  Explicit values must be powers of two.
     """
-    for name, v in (("block_c", block_c), ("block_p", block_p)):
-        if v is not None and (v < 1 or v & (v - 1)):
-            raise ValueError(f"{name} must be a positive power of two, got {v}")
-    bc = block_c or min(triton.next_power_of_2(max(C, 1)), MAX_BLOCK_C)
-    bp = block_p or max(1, min(TILE // bc, triton.next_power_of_2(max(n_cells, 1))))
-    return bc, bp
+    return block_sizes(C, n_cells, block_c, block_p, max_block_c=MAX_BLOCK_C, tile=TILE)
 
 
 def _constexprs(x: torch.Tensor, offsets: torch.Tensor, reduce: str, padding_mode: str) -> dict:

@@ -59,7 +59,7 @@ import triton.language as tl
 
 from .l2norm import check_l2norm_args
 from .registry import accumulation_dtype
-from .triton_utils import check_device, default_programs, device_context, jitted, plane_strides, tl_dtype
+from .triton_utils import block_sizes, check_device, default_programs, device_context, jitted, plane_strides, tl_dtype
 
 __all__ = ["l2norm_scale_triton", "choose_blocks"]
 
@@ -204,12 +204,7 @@ def choose_blocks(
 
     A heuristic, not tuned on hardware.  Explicit values must be powers of two.
     """
-    for name, v in (("block_c", block_c), ("block_p", block_p)):
-        if v is not None and (v < 1 or v & (v - 1)):
-            raise ValueError(f"{name} must be a positive power of two, got {v}")
-    bc = block_c or min(triton.next_power_of_2(max(C, 1)), MAX_BLOCK_C)
-    bp = block_p or max(1, min(tile // bc, triton.next_power_of_2(max(HW, 1))))
-    return bc, bp
+    return block_sizes(C, HW, block_c, block_p, max_block_c=MAX_BLOCK_C, tile=tile)
 
 
 def _forward(x, gamma, eps, block_c, block_p):

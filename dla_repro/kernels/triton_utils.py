@@ -31,6 +31,7 @@ import triton.language as tl
 from .registry import ENV_VAR, CompileCase
 
 __all__ = [
+    "block_sizes",
     "SUPPORTED_DTYPES",
     "interpreter_enabled",
     "jitted",
@@ -149,3 +150,16 @@ def compile_for_gpu(fn: Callable, case: CompileCase, arch: int = 90):
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] not in ("constexpr", "fp32")}
     src = ASTSource(triton.jit(fn), signature=signature, constexprs=const, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": case.num_warps})
+
+
+def block_sizes(C: int, n: int, block_c: int | None, block_p: int | None, *, max_block_c: int, tile: int
+                ) -> Tuple[int, int]:
+    """``(BLOCK_C, BLOCK_P)`` of a channels × positions program: ``block_c`` channels (the next power of two of
+    ``C``, at most ``max_block_c``) and enough of the ``n`` positions for ``tile`` elements. Explicit values must
+    be powers of two. A heuristic, not tuned on hardware."""
+    for name, v in (("block_c", block_c), ("block_p", block_p)):
+        if v is not None and (v < 1 or v & (v - 1)):
+            raise ValueError(f"{name} must be a positive power of two, got {v}")
+    bc = block_c or min(triton.next_power_of_2(max(C, 1)), max_block_c)
+    bp = block_p or max(1, min(tile // bc, triton.next_power_of_2(max(n, 1))))
+    return bc, bp
