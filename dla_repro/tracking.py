@@ -201,6 +201,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 @functools.lru_cache(maxsize=1)
 def hardware() -> dict[str, str]:
     """The machine a number was measured on, as short strings."""
@@ -215,6 +218,11 @@ def hardware() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu": "none",
     }
+    # Caps on the instruction sets of the other two CPU kernel libraries (oneDNN: convolutions; MKL: matmuls),
+    # recorded when set, so that a run made with a lowered ISA says so (README "Replication").
+    caps = [f"{k}={os.environ[k]}" for k in _ISA_CAPS if os.environ.get(k)]
+    if caps:
+        info["isa_caps"] = " ".join(caps)
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
         info["gpu"] = f"{n}x {torch.cuda.get_device_name(0)}"

@@ -48,13 +48,14 @@ def test_an_identical_rerun_agrees_on_every_verdict_and_arm(tmp_path):
     rerun = _write(tmp_path / "rerun", _claims(), cpu="Intel Xeon")
     manifest = json.loads((rerun / "manifest_quick.json").read_text())
     manifest["hardware"]["cpu_capability"] = "AVX512"
+    manifest["hardware"]["isa_caps"] = "ONEDNN_MAX_CPU_ISA=SSE41"
     (rerun / "manifest_quick.json").write_text(json.dumps(manifest))
     out = write_replication(reference, rerun)
     assert out["ok"]
     assert out["verdicts"]["same"].tolist() == [True, True]
     assert sorted(out["arms"]["arm"]) == ["narrow", "tiny", "wide"]  # "narrow" is in two claims, counted once
     assert "Same verdict: 2 of 2 claims" in out["text"] and "3 of 3" in out["text"]
-    assert "AMD EPYC (2 cores)" in out["text"] and "Intel Xeon (2 cores, PyTorch CPU kernels AVX512)" in out["text"]
+    assert "AMD EPYC (2 cores)" in out["text"] and "Intel Xeon (2 cores, PyTorch CPU kernels AVX512, instruction sets capped: ONEDNN_MAX_CPU_ISA=SSE41)" in out["text"]
     assert (rerun / "REPLICATION_quick.md").read_text() == out["text"]
 
 

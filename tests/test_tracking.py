@@ -179,3 +179,14 @@ def test_log_metrics_turns_class_names_into_valid_metric_names_and_logs_once():
     client = MlflowClient()
     assert client.get_run(run.info.run_id).data.metrics == {"iou_disk_scene0": 0.25, "val_miou": 0.5}
     assert len(client.get_metric_history(run.info.run_id, "iou_disk_scene0")) == 1
+
+
+def test_hardware_records_lowered_instruction_sets_only_when_set(monkeypatch):
+    for name in tracking._ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    tracking.hardware.cache_clear()
+    assert "isa_caps" not in tracking.hardware()
+    tracking.hardware.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")
+    assert tracking.hardware()["isa_caps"] == "ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"

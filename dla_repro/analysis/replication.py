@@ -98,6 +98,8 @@ def _hardware(manifest: dict) -> str:
     if not hw:
         return "hardware not recorded"
     isa = f", PyTorch CPU kernels {hw['cpu_capability']}" if hw.get("cpu_capability") else ""
+    if hw.get("isa_caps"):
+        isa += f", instruction sets capped: {hw['isa_caps']}"
     return f"{hw.get('cpu', '?')} ({hw.get('cpu_count', '?')} cores{isa}), GPU: {hw.get('gpu', '?')}"
 
 
