@@ -16,6 +16,7 @@ from dla_repro.experiments.dynopool import resizing as dp
 from dla_repro.models.resizing import DynOPool, ShapeAdaptor, differentiable_macs
 from dla_repro.paths import repo_root, results_dir
 from dla_repro.pipeline import load_pipeline, notebook_parameters, resolve_parameters
+from fixtures_formats import write_cifar100
 
 WIDTHS = (8, 16, 32, 64, 64)
 
@@ -232,3 +233,25 @@ def test_the_notebook_runs_in_smoke_and_its_claims_table_is_rejudged_unchanged(c
     old, new = rejudge.rejudge(results_dir(), "smoke", write=False)["dynopool"]
     assert list(new["verdict"]) == list(old["verdict"]) and list(new["note"].fillna("")) == list(old["note"].fillna(""))
     assert (repo_root() / "notebooks" / "dynopool" / "06_dynopool.ipynb").is_file()
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_paper_profile_runs_on_a_cifar100_fixture(tmp_path, capsys):
+    """The paper profile's recipe (SGD, cosine per epoch, VGG-16 widths) on CIFAR-100's real file format, shrunk
+    with ``-p`` to one epoch of a few images: the reader, the variants at CIFAR's 32 px and the claims table."""
+    write_cifar100(tmp_path / "data", n_train=16, n_test=8)
+    code = cli.main([
+        "run", "dynopool", "--profile", "paper", "--data-root", str(tmp_path / "data"),
+        "-p", "epochs=1", "-p", "batch_size=8", "-p", "widths=[4, 4, 8, 8, 8]", "-p", "num_workers=0",
+        "-p", "seeds=[0, 1]", "-p", "table_seeds=[0]", "-p", "variants=[original, stretch_v]",
+        "-p", "lambdas=[0.0]", "-p", "n_show=1",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    tables = results_dir() / "tables" / "paper"
+    runs = pd.read_csv(tables / "dynopool_runs.csv")
+    assert set(runs["variant"]) == {"original", "stretch_v"} and len(runs[runs["variant"] == "stretch_v"]) == 6
+    claims = pd.read_csv(tables / "dynopool_claims.csv")
+    assert list(claims["claim"]) == [c.text for c in dp.claims("stretch_v")]
+    assert (results_dir() / "notebooks" / "paper" / "06_dynopool.ipynb").is_file()
