@@ -199,3 +199,49 @@ def test_a_metric_group_merges_its_members_and_is_a_picklable_task_evaluator():
         twice = MetricGroup(ObjectSizeMetrics, ObjectSizeMetrics)
         twice.update(gt, gt)
         twice.compute()
+
+
+# ------------------------------------------------------------------------------------- figures
+def test_size_bin_bars_one_per_arm_and_bin_with_counts_in_the_tick_labels():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from dla_repro.analysis.small_patterns_plots import plot_size_bins
+
+    rows = []
+    for arm, shift in (("psp", 0.0), ("psp+gald", 0.1)):
+        for seed in range(3):
+            table = size_table(_sizes(_scene(), _scene()))
+            table["value"] = table["iou"] - shift - 0.01 * seed
+            rows.append(table.assign(arm=arm, seed=seed))
+    frame = pd.concat(rows, ignore_index=True)
+    fig = plot_size_bins(frame)
+    (ax,) = fig.axes
+    assert len(ax.patches) == 2 * 5  # arms × bins (empty bins: NaN, nothing visible)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "0-16 px²\nn=2" and labels[1] == "16-64 px²\nn=0"
+    bar = ax.patches[5]  # first bin of the second arm: mean over its seeds
+    assert bar.get_height() == pytest.approx(1.0 - 0.1 - 0.01)
+    with pytest.raises(ValueError, match="column"):
+        plot_size_bins(frame.drop(columns="seed"))
+    plt.close(fig)
+
+
+def test_mask_grid_has_image_truth_prediction_and_each_channel_per_sample_on_one_scale():
+    import matplotlib.pyplot as plt
+
+    from dla_repro.analysis.small_patterns_plots import plot_mask_grid
+
+    gt = _scene().repeat(3, 1, 1)
+    gt[0, 0, :4] = IGNORE_INDEX
+    images = torch.rand(3, 3, 24, 24)
+    masks = torch.rand(3, 8, 12, 12)  # M at half resolution
+    fig = plot_mask_grid(images, gt, gt, masks, channels=(0, 5), n=2)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * (3 + 2) and len(fig.axes) == len(panels) + 1  # one shared colour bar
+    assert {im.get_clim() for ax in panels[3:5] + panels[8:10] for im in ax.get_images()} == {(0.0, 1.0)}
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plot_mask_grid(images, gt, gt, masks * 3)
+    with pytest.raises(ValueError, match="channels"):
+        plot_mask_grid(images, gt, gt, masks, channels=(8,))
+    plt.close("all")
