@@ -1,9 +1,11 @@
 """Scores of small patterns: IoU by object size and accuracy near class boundaries.
 
-GALD (Li et al., BMVC 2019, arXiv 1909.07229, §1 and §4) argues that global
-aggregation (non-local, PSP, CGNL) oversmooths *small patterns* -- small objects
-and boundaries -- and that its local-distribution mask restores them.  mIoU is
+GALD (Li et al., BMVC 2019, arXiv 1909.07229) argues that global aggregation
+(non-local, PSP, ASPP, CGNL) oversmooths *small patterns* -- small objects and
+boundaries -- and that its local-distribution mask restores them.  mIoU is
 dominated by large regions, so two scores look at the small patterns directly.
+Neither the paper nor its code reports scores by object size, so these are this
+project's instruments with their own definitions, not the paper's.
 Both work on a ground-truth label map ``gt`` and a prediction ``pred`` (labels, or
 logits with a class dimension at 1); pixels whose target is the ignore label
 (``dla_repro.labels.IGNORE_INDEX``, 255) are scored nowhere.
