@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import ConvNormAct
 
+from ..kernels import get_op
 from .backbones import create_backbone
 from .parsenet import global_context
 from .segmentation import FCNHead, Segmenter, feature_channels
@@ -326,8 +327,6 @@ def _ld_tail_reference(
 
 def _ld_tail(mask_logits: torch.Tensor, ga: torch.Tensor, feature: Optional[torch.Tensor], form: str) -> torch.Tensor:
     """The kernel op ``gald_ld_tail`` when :mod:`dla_repro.kernels` registers it, else the reference."""
-    from ..kernels import get_op
-
     try:
         op = get_op("gald_ld_tail")
     except ValueError:
