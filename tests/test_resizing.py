@@ -537,3 +537,19 @@ def test_differentiable_macs_counts_a_tied_stage_once(kind):
     expected = head / r[0] * dr if kind == "dynopool" else 2 * head / r[0] * dr
     got = group[0].alpha.grad[0] if kind == "dynopool" else group[0].alpha.grad
     torch.testing.assert_close(got.double(), expected.double(), rtol=1e-5, atol=0)
+
+
+def test_learned_shapes_reports_a_tied_stage_per_module_and_skips_layers_that_never_run():
+    from dla_repro.experiments.dynopool.resizing import learned_shapes, resizing_layers
+
+    model = replace_resizing(_tiny_dla34(), "dynopool", strided_convs=True, input_size=32)
+    for g in resizing_groups(model):
+        _set_group(g, "dynopool")
+    shapes = learned_shapes(model, 32)
+    layers = resizing_layers(model)
+    assert len(layers) == 11 and len(shapes) == 9  # the two unused sub-tree pools have no row
+    assert set(shapes["kind"]) == {"DynOPool"} and shapes["layer"].max() == 10
+    assert shapes["r_h"].tolist() == pytest.approx([0.6] * 9)
+    # the two branches of a stage: one row each, the same input and output size
+    per_stage = shapes.groupby(["in_h", "in_w"])[["h", "w"]].nunique()
+    assert len(per_stage) == 5 and (per_stage == 1).all().all()
