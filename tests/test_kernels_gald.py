@@ -1,4 +1,4 @@
-"""GALD's local-distribution tail (arXiv 1909.07229, §3): what the generic harness in test_kernels.py does not check.
+"""GALD's local-distribution tail (arXiv 1909.07229): what the generic harness in test_kernels.py does not check.
 
 The reference against the equations written out with interpolation matrices
 (both forms, and the released code's order of operations), gradcheck with a
@@ -217,7 +217,8 @@ def test_block_heuristic():
 @pytest.mark.parametrize("size", list(SIZES.values()), ids=list(SIZES))
 def test_interp_kernel_matches_the_reference(interpret, size, form, layout):
     tensors = _tensors(size, layout=layout)
-    _compare(_kernel()(form), _reference(form), tensors, (True, True, True), _dy(size, layout=layout), TOL[torch.float32])
+    grad_out = _dy(size, layout=layout)
+    _compare(_kernel()(form), _reference(form), tensors, (True, True, True), grad_out, TOL[torch.float32])
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -80,5 +80,5 @@ gald_ld_tail = register_op(KernelOp(
     bench=_gald_ld_tail.BENCH,
     test=_gald_ld_tail.TEST,
     grad_inputs=(0, 1, 2),
-    source="GALD, arXiv 1909.07229, §3 / Fig. 2; released form: lxtGH/GALD-DGCNet libs/models/GALDNet.py",
+    source="GALD, arXiv 1909.07229 (local distribution); released form: lxtGH/GALD-DGCNet libs/models/GALDNet.py",
 ))  # fmt: skip

@@ -1,7 +1,7 @@
 """GALD's local-distribution tail: upsample the mask logits, sigmoid, gate; reference, bench and test specs.
 
 GALD ("Global Aggregation then Local Distribution", Li et al., arXiv
-1909.07229, §3, Fig. 2) refines the globally aggregated feature ``F_GA``
+1909.07229, the local-distribution module) refines the globally aggregated feature ``F_GA``
 (``ga``, ``N×C×H×W``) with a per-channel spatial mask predicted at a low
 resolution (``mask_logits``, ``N×C×h×w``: in the official code three 3×3
 depthwise convolutions of stride 2 without padding).  The tail of that branch,
@@ -140,7 +140,8 @@ def bytes_moved(inputs: Sequence[torch.Tensor], output: torch.Tensor) -> Tuple[i
 
     Forward reads ``ga`` and the mask logits, writes ``out``; backward reads
     ``∂l/∂out``, ``ga`` and the logits, writes ``∂ga`` and ``∂logits``:
-    ``(|logits| + 2|ga|, 3|logits| + 5|ga|)`` elements times their sizes.  (The paper form adds a read of ``feature``; its ``∂feature`` is
+    ``(|logits| + 2|ga|, 3|logits| + 5|ga|)`` elements times their sizes.
+    (The paper form adds a read of ``feature``; its ``∂feature`` is
     ``∂l/∂out`` itself, nothing to move.)
     """
     logits, ga = inputs[0], inputs[1]

@@ -1,6 +1,6 @@
 """Triton forward and backward kernels for GALD's local-distribution tail (upsample, sigmoid, gate in one pass).
 
-Equations (GALD, arXiv 1909.07229, §3 and Fig. 2; the official code
+Equations (GALD, arXiv 1909.07229, the local-distribution module; the official code
 ``lxtGH/GALD-DGCNet``, ``libs/models/GALDNet.py``; the reference is
 :func:`.gald_ld_tail.gald_ld_tail_reference`).  With ``L`` the mask logits
 (``N×C×h×w``), per output row ``y`` the taps ``y0(y)``, ``y1(y) = min(y0 + 1,
@@ -145,7 +145,7 @@ def _ld_bwd_kernel(
     PAPER: tl.constexpr, IDENTITY: tl.constexpr, NEED_DGA: tl.constexpr, NEED_DM: tl.constexpr,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BJ: tl.constexpr,
 ):  # fmt: skip
-    # ∂l/∂out strides: sd*, ∂ga strides: se*.  part: 4×N×C×h×w partial sums of ∂L (IDENTITY: 1×N×C×h×w = ∂L).
+    # ∂l/∂out strides: sd*, ∂ga: se*.  part: 4×N×C×h×w partials of ∂L (IDENTITY: ∂L itself, 1×N×C×h×w).
     pid = tl.program_id(0)
     k = pid % n_k
     rest = pid // n_k
