@@ -61,8 +61,9 @@ def test_bench_kernels_table_on_cpu(name):
     op = get_op(name)
     shape = bench_shapes(op, image_size=4)[0]
     df = bench_kernels([name], "cpu", shapes=[shape], iters=1, rounds=2, warmup=0, impls=("eager",))
-    assert list(df.columns) == KERNEL_COLUMNS and len(df) == len(op.bench.layouts)
-    assert list(df["layout"]) == list(op.bench.layouts) and (df["shape"] == "x".join(map(str, shape))).all()
+    n_dtypes = len(op.bench.dtypes)  # rows: for each dtype, each layout
+    assert list(df.columns) == KERNEL_COLUMNS and len(df) == n_dtypes * len(op.bench.layouts)
+    assert list(df["layout"]) == list(op.bench.layouts) * n_dtypes and (df["shape"] == "x".join(map(str, shape))).all()
     assert (df["op"] == name).all() and (df["fwd_ms"] > 0).all() and (df["fwd_bwd_ms"] > 0).all()
     assert (df["max_abs_err"] == 0).all() and (df["speedup_vs_eager"] == 1).all()
     inputs = op.inputs(shape)

@@ -21,6 +21,7 @@ from dla_repro.models.resizing import (
     alpha_param_groups,
     differentiable_macs,
     replace_resizing,
+    resizing_groups,
     resizing_modules,
     resizing_parameters,
     shape_adaptor_count,
@@ -345,3 +346,210 @@ def test_alpha_parameters_get_their_own_group_without_weight_decay():
     others = {id(p) for grp in groups if grp is not g for p in grp["params"]}
     assert not others & {id(p) for p in g["params"]}
     assert len(others) + len(g["params"]) == len(list(model.parameters()))
+
+
+# ------------------------------------------------------------- tied stages (merging branches)
+def _set_group(group: list[nn.Module], kind: str) -> None:
+    """Move a group's (shared) α away from its initial value: r = 0.6 for DynOPool, α = 1 (s ≈ 0.866) for SA."""
+    if kind == "dynopool":
+        set_scale(group[0], 0.6, 0.6)
+    else:
+        with torch.no_grad():
+            group[0].alpha.fill_(1.0)
+
+
+def _chain_side(groups: list[list[nn.Module]], side: int) -> int:
+    for g in groups:
+        side = g[0].output_size(side, side)[0]
+    return side
+
+
+def _resnet18():
+    import timm
+
+    # timm's resnet18, narrowed (stem 8, stages 8-64 wide: same layout, a CPU-sized test)
+    return timm.create_model("resnet18", pretrained=False, num_classes=3, stem_width=8, channels=(8, 16, 32, 64))
+
+
+def _tiny_dla34():
+    import timm
+
+    import dla_repro  # noqa: F401  (registers dlarepro_*)
+
+    return timm.create_model("dlarepro_dla34", pretrained=False, num_classes=5, channels=(8, 16, 32, 64, 128, 256))
+
+
+def _stages(model: nn.Module) -> int:
+    """Down-sampling stages of a timm model: log2 of its last feature level's reduction (5 for both nets here)."""
+    return int(math.log2(model.feature_info[-1]["reduction"]))
+
+
+@pytest.mark.parametrize("kind", ["dynopool", "shape_adaptor"])
+@pytest.mark.parametrize("build", [_resnet18, _tiny_dla34], ids=["resnet18", "dla34_tiny"])
+def test_tied_stages_keep_merging_branches_in_size_untied_ones_do_not(kind, build):
+    """ResNet's strided conv + strided shortcut, DLA's max-pooled bottom + strided first block: one α per stage."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = replace_resizing(build(), kind, strided_convs=True, input_size=32).eval()
+    groups = resizing_groups(model)
+    assert len(groups) == _stages(model) == 5
+    assert max(len(g) for g in groups) == 2  # the two branches of every stage after the stem
+    assert all(m.alpha is g[0].alpha for g in groups for m in g)
+    if kind == "shape_adaptor":  # the official init counts stages, not modules
+        assert groups[0][0].alpha.item() == pytest.approx(shape_adaptor_init_alpha(32, 5, 8))
+    with torch.no_grad():
+        assert model.forward_features(x).shape[-1] == _chain_side(groups, 32) == (1 if kind == "dynopool" else 6)  # SA: 32 → 24 → 18 → 13 → 9 → 6
+        for g in groups:
+            _set_group(g, kind)
+        side = _chain_side(groups, 32)
+        assert side == (2 if kind == "dynopool" else 13)  # 32·0.6⁵ ≈ 2.5; 32 → 27 → 23 → 19 → 16 → 13
+        assert model.forward_features(x).shape[-2:] == (side, side)
+        assert model(x).shape == (2, model.num_classes)
+
+    untied = replace_resizing(build(), kind, strided_convs=True, input_size=32, tie=None).eval()
+    # untied, every target is replaced -- DLA-34's too: the unused ``downsample`` of the level-2 sub-trees of
+    # stages 3 and 4 (their parent hands them ``bottom``), which tying leaves as max-pools (they never run)
+    assert len(resizing_groups(untied)) == len(resizing_modules(untied)) == (8 if build is _resnet18 else 11)
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d) and n.endswith("downsample")]
+    assert left == ([] if build is _resnet18 else ["level3.tree1.downsample", "level4.tree1.downsample"])
+    heads = _first_of_each_input_size(untied)
+    assert len(heads) == 5
+    with torch.no_grad():
+        assert untied(x).shape == (2, untied.num_classes)  # at initialisation the branches agree ...
+        for m in heads:  # ... the same perturbation, on one branch of every stage: they no longer do
+            _set_group([m], kind)
+        with pytest.raises(RuntimeError, match="[Ss]ize"):
+            untied(x)
+
+
+def _first_of_each_input_size(model: nn.Module) -> list[nn.Module]:
+    """The first resizing module to run at every input size (one per stage), by one forward pass on 32 px."""
+    seen: dict[tuple, nn.Module] = {}
+
+    def record(module, args):
+        seen.setdefault(tuple(args[0].shape[-2:]), module)
+
+    handles = [m.register_forward_pre_hook(record) for m in resizing_modules(model)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    return list(seen.values())
+
+
+def test_a_plain_chain_gets_one_alpha_per_layer_either_way():
+    """VGG's pools see different sizes: tying changes nothing (the same model as ``tie=None``)."""
+    torch.manual_seed(0)
+    reference = tiny_vgg()
+    for kind in ("dynopool", "shape_adaptor"):
+        tied = replace_resizing(copy.deepcopy(reference), kind)
+        untied = replace_resizing(copy.deepcopy(reference), kind, tie=None)
+        assert [len(g) for g in resizing_groups(tied)] == [1, 1]
+        assert tied.state_dict().keys() == untied.state_dict().keys()
+        for k, v in tied.state_dict().items():
+            torch.testing.assert_close(v, untied.state_dict()[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tie"):
+        replace_resizing(tiny_vgg(), tie="stage")
+
+
+def test_fixed_strided_convs_beside_learned_pools_are_warned_about():
+    with pytest.warns(UserWarning, match="strided_convs=True"):
+        replace_resizing(_tiny_dla34(), "dynopool")  # DLA's bottom pool beside its strided first block
+
+
+@pytest.mark.parametrize("kind", ["dynopool", "shape_adaptor"])
+def test_shared_alpha_counted_once_in_parameters_and_optimiser_group_and_state_dict_round_trips(kind, tmp_path):
+    from dla_repro.engine.optim import param_groups
+
+    torch.manual_seed(0)
+    model = replace_resizing(_resnet18(), kind, strided_convs=True, input_size=32)
+    for g in resizing_groups(model):
+        _set_group(g, kind)
+    alphas = list(resizing_parameters(model))
+    assert len(alphas) == 5 and len({id(a) for a in alphas}) == 5  # one per stage, not one per module (8)
+    named = [n for n, _ in model.named_parameters() if n.endswith(".alpha")]
+    assert len(named) == 5 and "layer2.0.conv1.1.alpha" in named and "layer2.0.downsample.0.1.alpha" not in named
+    assert len(list(model.parameters())) == len({id(p) for p in model.parameters()})
+
+    groups = param_groups(model, alpha_param_groups(lr_scale=10.0), weight_decay=5e-4)
+    (alpha_group,) = [g for g in groups if g.get("group") == ALPHA_PATTERN]
+    assert [id(p) for p in alpha_group["params"]] == [id(a) for a in alphas]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # one optimiser step moves the shared α once, and every branch with it
+    opt = torch.optim.SGD([{"params": alpha_group["params"], "lr": 0.5}])
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    l2 = model.layer2[0]
+    assert l2.conv1[1].alpha is l2.downsample[0][1].alpha
+
+    # the state dict stores the shared α under both names; a fresh tied model loads it back, sharing intact
+    state = model.state_dict()
+    torch.testing.assert_close(state["layer2.0.conv1.1.alpha"], state["layer2.0.downsample.0.1.alpha"])
+    torch.save(state, tmp_path / "m.pt")
+    fresh = replace_resizing(_resnet18(), kind, strided_convs=True, input_size=32)
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert fresh.layer2[0].conv1[1].alpha is fresh.layer2[0].downsample[0][1].alpha
+    model.eval(), fresh.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    # and a deep copy keeps the sharing
+    clone = copy.deepcopy(model)
+    assert clone.layer2[0].conv1[1].alpha is clone.layer2[0].downsample[0][1].alpha
+
+
+class _TwoBranches(nn.Module):
+    """x → (max-pool | strided conv) → sum → conv: the smallest merge of two down-sampling branches."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.strided = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.pool(x) + self.strided(x))
+
+
+@pytest.mark.parametrize("kind", ["dynopool", "shape_adaptor"])
+def test_differentiable_macs_counts_a_tied_stage_once(kind):
+    """The conv after the merge sees H·W ∝ r² of the one stage, not of two stages: ∂MACs/∂r = 2·MACs/r; the strided
+    branch's conv, made stride 1, runs after the pool branch was resized but at the input size: no gradient."""
+    torch.manual_seed(0)
+    model = replace_resizing(_TwoBranches(), kind, strided_convs=True, input_size=16)
+    (group,) = resizing_groups(model)
+    assert len(group) == 2
+    if kind == "dynopool":
+        set_scale(group[0], 0.6, 0.6)  # both axes the same r: one number to compare
+    x = torch.zeros(1, 3, 16, 16)
+    macs = differentiable_macs(model, (3, 16, 16))
+    assert macs.item() == flop_counter_macs(model, x)
+    macs.backward()
+    with torch.no_grad():
+        side = group[0].output_size(16, 16)
+    head = side[0] * side[1] * 6 * 4 * 9
+    r = group[0].scale()
+    dr = torch.autograd.grad(r[0], group[0].alpha)[0]
+    dr = dr[0] if kind == "dynopool" else dr
+    # DynOPool: one α per axis, each moves one factor of H·W; Shape Adaptor: one α moves both
+    expected = head / r[0] * dr if kind == "dynopool" else 2 * head / r[0] * dr
+    got = group[0].alpha.grad[0] if kind == "dynopool" else group[0].alpha.grad
+    torch.testing.assert_close(got.double(), expected.double(), rtol=1e-5, atol=0)
+
+
+def test_learned_shapes_reports_a_tied_stage_per_module_and_skips_layers_that_never_run():
+    from dla_repro.experiments.dynopool.resizing import learned_shapes, resizing_layers
+
+    model = replace_resizing(_tiny_dla34(), "dynopool", strided_convs=True, input_size=32)
+    for g in resizing_groups(model):
+        _set_group(g, "dynopool")
+    shapes = learned_shapes(model, 32)
+    layers = resizing_layers(model)
+    assert len(layers) == 11 and len(shapes) == 9  # the two unused sub-tree pools have no row
+    assert set(shapes["kind"]) == {"DynOPool"} and shapes["layer"].max() == 10
+    assert shapes["r_h"].tolist() == pytest.approx([0.6] * 9)
+    # the two branches of a stage: one row each, the same input and output size
+    per_stage = shapes.groupby(["in_h", "in_w"])[["h", "w"]].nunique()
+    assert len(per_stage) == 5 and (per_stage == 1).all().all()

@@ -9,7 +9,8 @@
     result.history  # one row per epoch; every value is also in the run's MLflow metrics
 
 Files: ``config`` (TrainConfig), ``loop`` (fit, evaluate), ``tasks`` (loss and
-metrics; main + auxiliary outputs, loss terms read from the model), ``optim``
+metrics; main + auxiliary outputs, loss terms read from the model), ``losses`` (OHEM
+cross-entropy), ``optim``
 (timm optimiser with optional named parameter groups, lr schedule, iteration-based
 length), ``loaders`` (data → DataLoaders), ``checkpoint`` (atomic save, safe
 load), ``seed`` (seeding, RNG state), ``sweep`` (configurations × seeds under one
@@ -25,7 +26,8 @@ from .loop import FitResult, NonFiniteLossError, evaluate, fit
 from .optim import create_optimizer, create_scheduler
 from .seed import seed_everything
 from .sweep import SweepResult, Trial, count_params, sweep
-from .tasks import ClassificationTask, SegmentationTask, SupervisedTask, TopKAccuracy
+from .losses import ohem_cross_entropy, ohem_keep_mask
+from .tasks import ClassificationTask, OhemSegmentationTask, SegmentationTask, SupervisedTask, TopKAccuracy
 
 __all__ = [
     "CheckpointError",
@@ -33,6 +35,7 @@ __all__ = [
     "DataBundle",
     "FitResult",
     "NonFiniteLossError",
+    "OhemSegmentationTask",
     "SegmentationTask",
     "SupervisedTask",
     "SweepResult",
@@ -45,6 +48,8 @@ __all__ = [
     "evaluate",
     "fit",
     "load_checkpoint",
+    "ohem_cross_entropy",
+    "ohem_keep_mask",
     "save_checkpoint",
     "seed_everything",
     "sweep",

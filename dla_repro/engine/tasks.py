@@ -23,7 +23,8 @@ aux_criterion(k, aux_k)``, e.g. GALD's ``aux_weights={"aux": 0.4}`` (arXiv
 1909.07229; the weight is the official code's, lxtGH/GALD-DGCNet
 ``libs/core/loss.py``). A paper-specific loss is a subclass that
 overrides ``criterion`` / ``aux_criterion`` (e.g. OHEM on the main head only) or
-``loss`` (an extra term read from ``model``).
+``loss`` (an extra term read from ``model``): :class:`OhemSegmentationTask` is
+GALD's (OHEM on the main head, plain cross-entropy on ``"aux"``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ..labels import IGNORE_INDEX
 from ..metrics.segmentation import SegmentationMetrics
 from ..outputs import split_output
 from .distributed import all_sum
+from .losses import ohem_cross_entropy
 
 
 class Evaluator(Protocol):
@@ -206,6 +208,52 @@ class SegmentationTask(SupervisedTask):
             "class_weights": self.class_weights,
             **super().params(),
         }
+
+
+class OhemSegmentationTask(SegmentationTask):
+    """GALD's loss: OHEM cross-entropy on the main output + ``0.4 ×`` plain cross-entropy on ``"aux"``.
+
+    ``loss = OHEM(main) + Σ_k aux_weights[k] · CE(aux_k)`` (arXiv 1909.07229;
+    official code lxtGH/GALD-DGCNet ``libs/core/loss.py``, ``CriterionOhemDSN``:
+    ``thresh = 0.7``, ``min_kept = 100000``, weight 0.4).  OHEM is
+    :func:`~.losses.ohem_cross_entropy`: with fewer valid pixels in the batch
+    than ``min_kept`` it keeps them all, so at CPU sizes (a batch of 8 at 64×64
+    is 32,768 pixels) ``min_kept`` must be scaled down for any mining to
+    happen (released: ≈ 17 % of one crop's pixels).  Logits of another size
+    than the labels are upsampled with ``align_corners=True``, as released, for
+    both criteria and the metrics (``align_corners=False`` gives
+    :class:`SegmentationTask`'s resizing).  No class weights (the released
+    ``use_weight`` is off).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        thresh: float = 0.7,
+        min_kept: int = 100_000,
+        ignore_index: int = IGNORE_INDEX,
+        evaluator: Callable[[], Evaluator] | None = None,
+        aux_weights: Mapping[str, float] | None = None,
+        align_corners: bool = True,
+    ):
+        aux_weights = {"aux": 0.4} if aux_weights is None else aux_weights
+        super().__init__(num_classes, ignore_index, evaluator=evaluator, aux_weights=aux_weights)
+        self.thresh, self.min_kept, self.align_corners = float(thresh), int(min_kept), bool(align_corners)
+
+    def resize(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.shape[-2:] != target.shape[-2:]:
+            output = F.interpolate(output, size=target.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        return output
+
+    def criterion(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ohem_cross_entropy(self.resize(output, target), target, self.thresh, self.min_kept, self.ignore_index)
+
+    def aux_criterion(self, name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().criterion(output, target)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "name": "segmentation_ohem", "ohem_thresh": self.thresh,
+                "ohem_min_kept": self.min_kept, "align_corners": self.align_corners}
 
 
 class _AtTargetSize:

@@ -109,7 +109,11 @@ def _zero_head(model: torch.nn.Module) -> None:
 def baseline_builder(name: str):
     """``"plain"`` (:class:`~dla_repro.models.plain.PlainNet`, zero classifier), or ``"package.module:function"``:
     a paper module's baseline arm, ``function(num_classes)`` -- e.g. the segmentation claims' shallow skip
-    decoder, ``dla_repro.experiments.dla.segmentation:pilot_baseline``.  Never a method under test."""
+    decoder, ``dla_repro.experiments.dla.segmentation:pilot_baseline``.  Never a method under test.
+
+    A baseline whose paper trains it with another objective than the task's plain one names it as the
+    function's ``task`` attribute, ``function.task(num_classes)`` (GALD: OHEM + an auxiliary head,
+    ``dla_repro.experiments.gald.local_distribution:pilot_baseline``); the pilot then trains with it."""
     if name == "plain":
         return None
     if ":" not in name:
@@ -145,13 +149,15 @@ def _one_seed(task: str, version: str, image_size: int, steps: int, seed: int, n
     smoothing = settings.pop("label_smoothing")
     per_epoch = STEPS_PER_EPOCH * settings["batch_size"]
     data = study.load_data(task, version, image_size=image_size, n_train=per_epoch, n_val=n_val)
-    if task == "classification":
+    build = baseline_builder(baseline)
+    if getattr(build, "task", None) is not None:
+        job = build.task(data.num_classes)
+    elif task == "classification":
         job = ClassificationTask(topk=(1,), label_smoothing=smoothing)
     else:
         job = SegmentationTask(data.num_classes)
     config = TrainConfig(iterations=steps, seed=seed, device="cpu", progress=False, **settings)
     seed_everything(seed)
-    build = baseline_builder(baseline)
     if build is None:
         model = PlainNet(data.num_classes, task)
         _zero_head(model)

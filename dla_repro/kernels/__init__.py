@@ -18,14 +18,17 @@ The benchmark (``dla-repro bench kernels``) and the test harness
 (``tests/test_kernels.py``) iterate the table, so the row is all they need.
 Importing this package does not import triton.  It knows nothing of models;
 :mod:`dla_repro.models.parsenet` uses :func:`l2norm_scale`,
-:class:`dla_repro.models.resizing.DynOPool` uses :func:`dynopool_resample`.
+:class:`dla_repro.models.resizing.DynOPool` uses :func:`dynopool_resample`, GALD's local
+distribution :func:`gald_ld_tail`.
 """
 
 from __future__ import annotations
 
 from . import dynopool_resample as _dynopool_resample
+from . import gald_ld_tail as _gald_ld_tail
 from . import l2norm
 from .dynopool_resample import dynopool_resample_reference
+from .gald_ld_tail import gald_ld_tail_reference
 from .l2norm import l2norm_scale_reference
 from .registry import *  # noqa: F403  (the op-table API: KernelOp, OPS, register_op, kernel_backend, ...)
 from .registry import __all__ as _OP_TABLE_API
@@ -35,6 +38,8 @@ __all__ = [
     *_OP_TABLE_API,
     "dynopool_resample",
     "dynopool_resample_reference",
+    "gald_ld_tail",
+    "gald_ld_tail_reference",
     "l2norm_scale",
     "l2norm_scale_reference",
 ]
@@ -63,4 +68,17 @@ dynopool_resample = register_op(KernelOp(
     test=_dynopool_resample.TEST,
     grad_inputs=(0, 1),
     source="DynOPool, arXiv 2205.15254, §3 (our equations: dla_repro.models.resizing.DynOPool)",
+))  # fmt: skip
+
+#: ``gald_ld_tail(mask_logits, ga, feature=None, form="released")``: GALD's local distribution after the
+#: mask convolutions -- bilinear upsampling (align_corners=True) of the mask logits, sigmoid, gate --
+#: differentiable in all three tensors; contract: :func:`gald_ld_tail_reference`.
+gald_ld_tail = register_op(KernelOp(
+    name="gald_ld_tail",
+    reference=gald_ld_tail_reference,
+    triton="dla_repro.kernels.gald_ld_tail_triton:gald_ld_tail_triton",
+    bench=_gald_ld_tail.BENCH,
+    test=_gald_ld_tail.TEST,
+    grad_inputs=(0, 1, 2),
+    source="GALD, arXiv 1909.07229 (local distribution); released form: lxtGH/GALD-DGCNet libs/models/GALDNet.py",
 ))  # fmt: skip

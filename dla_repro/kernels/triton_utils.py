@@ -45,7 +45,8 @@ __all__ = [
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TL_DTYPES = {
-    torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64
+    torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64,
+    torch.int32: tl.int32,  # index tables (GALD's interpolation taps)
 }
 _JITTED: Dict[Tuple[Callable, bool], Any] = {}
 
@@ -112,7 +113,7 @@ def plane_strides(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
 
 
 def tl_dtype(dtype: torch.dtype):
-    """The ``triton.language`` dtype of a torch floating-point dtype."""
+    """The ``triton.language`` dtype of a torch floating-point dtype (or ``int32``)."""
     return _TL_DTYPES[dtype]
 
 
@@ -144,7 +145,8 @@ def compile_for_gpu(fn: Callable, case: CompileCase, arch: int = 90):
             signature[name] = "constexpr"
             const.setdefault(name, 1)
         elif name.endswith("_ptr"):
-            signature[name] = "*" + tl_dtype(case.pointer_dtypes.get(name, case.dtype)).name
+            pointee = tl_dtype(case.pointer_dtypes.get(name, case.dtype)).name
+            signature[name] = "*" + {"int32": "i32"}.get(pointee, pointee)  # the signature's spelling
         else:
             signature[name] = "fp32" if name in case.floats else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] not in ("constexpr", "fp32")}

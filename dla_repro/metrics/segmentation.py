@@ -141,7 +141,28 @@ def scores_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
     }
 
 
-class SegmentationMetrics:
+class _SummedState:
+    """An accumulator whose state is one tensor (``total``) summed over batches and, by ``sync()``, over DDP
+    ranks; ``None`` before the first batch, then on the device of the first batch's counts."""
+
+    total: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.total = None
+
+    def _add(self, counts: torch.Tensor) -> None:
+        if self.total is None:
+            self.total = torch.zeros_like(counts)
+        self.total += counts.to(self.total.device)
+
+    def sync(self) -> None:
+        import torch.distributed as dist
+
+        if self.total is not None and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.total)
+
+
+class SegmentationMetrics(_SummedState):
     """Streaming mIoU: ``update(pred, target)`` per batch, ``compute()`` at the end.
 
     ``compute()`` returns plain floats (``miou``, ``pixel_acc``, ``mean_acc``), the
@@ -162,28 +183,20 @@ class SegmentationMetrics:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes, self.ignore_index = int(num_classes), ignore_index
         self.class_names = list(class_names) if class_names is not None else None
-        self.confusion: torch.Tensor | None = None
 
-    def reset(self) -> None:
-        self.confusion = None
+    @property
+    def confusion(self) -> torch.Tensor | None:
+        """The summed C×C matrix (``None`` before the first batch)."""
+        return self.total
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
-        if self.confusion is None:
-            self.confusion = torch.zeros_like(counts)
-        self.confusion += counts.to(self.confusion.device)
-
-    def sync(self) -> None:
-        import torch.distributed as dist
-
-        if self.confusion is not None and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.confusion)
+        self._add(confusion_matrix(pred, target, self.num_classes, self.ignore_index))
 
     def _matrix(self) -> torch.Tensor:
-        if self.confusion is None:
+        if self.total is None:
             return torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-        return self.confusion
+        return self.total
 
     def compute(self, per_class: bool = False) -> dict[str, Any]:
         scores = scores_from_confusion(self._matrix())

@@ -23,6 +23,7 @@ from the submodules (``from dla_repro.models import DLA`` imports :mod:`.dla`):
 ``segmentation``    the segmentation contract: backbone → decoder/head (+ aux head)
 ``dla_up``          DLA-Up and the FCN decoder on that contract
 ``parsenet``        ParseNet's L2 normalisation, global context and head
+``gald``            GALD's GA modules, LD, block and head (+ FCN baseline)
 ``plain``           the plain calibration baseline
 ``resizing``        DynOPool and Shape Adaptor, a differentiable MACs estimate, pool surgery
 ==================  ==============================================================
@@ -45,6 +46,8 @@ _EXPORTS = {
     "segmentation": ("BaseSegmenter", "Segmenter", "FCNHead", "level_info", "feature_channels", "select_levels"),
     "dla_up": ("BilinearConvTranspose2d", "bilinear_upsampler", "IDAUp", "DLAUp", "DLAUpSegmenter", "create_dla_up"),
     "parsenet": ("L2NormScale", "ParseNetHead", "ParseNetSegmenter", "create_parsenet", "vgg16_fcn"),
+    "gald": ("GA_TYPES", "build_ga", "GlobalAggregation", "LocalDistribution", "GALDBlock", "GALDHead",
+             "build_gald_segmenter"),
     "resizing": ("DynOPool", "ShapeAdaptor", "differentiable_macs", "WithGMACsLoss", "replace_resizing"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -25,7 +25,10 @@ Around them:
   :class:`WithGMACsLoss` adds ``λ·GMACs`` to any task's loss (the engine's task
   contract, ``loss(output, target, model=...)``).
 * :func:`replace_resizing` -- swaps a model's ``nn.MaxPool2d`` layers (and,
-  optionally, its strided convolutions) for one of the two modules.
+  optionally, its strided convolutions) for one of the two modules; layers of
+  one down-sampling stage (the parallel branches of a ResNet block or a DLA
+  tree, which merge) share one ``alpha`` so that they always agree in size
+  (:func:`resizing_groups`).
 * :func:`alpha_param_groups` / :func:`resizing_parameters` -- the ``alpha``
   parameters in their own optimiser group (own lr, no weight decay).
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,6 +71,7 @@ __all__ = [
     "differentiable_macs",
     "WithGMACsLoss",
     "replace_resizing",
+    "resizing_groups",
     "resizing_modules",
     "resizing_parameters",
     "alpha_param_groups",
@@ -353,16 +358,17 @@ def resizing_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def _trace_sizes(model: nn.Module, input_size: Sequence[int], batch_size: int) -> list[tuple[nn.Module, tuple, list]]:
-    """One forward pass on zeros: for each conv/linear call, its output shape and the resizing modules run before it."""
-    executed: list[nn.Module] = []
-    records: list[tuple[nn.Module, tuple, list]] = []
+def _trace_sizes(model: nn.Module, input_size: Sequence[int], batch_size: int) -> list[tuple[nn.Module, tuple, tuple, list]]:
+    """One forward pass on zeros: for each conv/linear call, its output shape, its input H×W and the resizing calls
+    run before it (``(module, input H×W, output H×W)`` each)."""
+    executed: list[tuple[nn.Module, tuple, tuple]] = []
+    records: list[tuple[nn.Module, tuple, tuple, list]] = []
 
     def on_resize(module, args, output):
-        executed.append(module)
+        executed.append((module, tuple(args[0].shape[-2:]), tuple(output.shape[-2:])))
 
     def on_layer(module, args, output):
-        records.append((module, tuple(output.shape), list(executed)))
+        records.append((module, tuple(output.shape), tuple(args[0].shape[-2:]), list(executed)))
 
     handles = []
     for m in model.modules():
@@ -402,25 +408,39 @@ def differentiable_macs(model: nn.Module, input_size: Sequence[int], batch_size:
         Ĥ = H · Π_j r_h,j / stopgrad(r_h,j)         (value H, ∂Ĥ/∂r_h,j = H / r_h,j)
 
     -- the rounding relaxed to a product of scale factors, the chain
-    assumption of a VGG-like network. A conv of a branch that runs after a
-    resizing module it does not see (multi-resolution nets), or after an
-    adaptive pooling to a fixed size, still gets this gradient; the value is
-    exact regardless. Linear layers have no spatial gradient.
+    assumption of a VGG-like network, over the resizing *steps* run before
+    the conv whose output is at least as large as the conv's input on both
+    axes (a conv of a parallel branch still at the stage's input size -- the
+    stride-1 conv of a converted strided conv, a ResNet shortcut's 1×1 conv
+    that runs after the block's first conv was resized -- does not depend on
+    that step). Calls that share an ``alpha`` (a tied group of
+    :func:`replace_resizing`) on the same input size are the parallel
+    branches of one stage, one step -- a conv after a ResNet block whose
+    strided conv and shortcut share α gets ``H/r`` once, not twice -- while
+    the same α applied again at another size (in series) is another step. A
+    conv after an adaptive pooling to a fixed size, or after a step it does
+    not see but no larger than its output (multi-resolution nets), still gets
+    this gradient; the value is exact regardless. Linear layers have no
+    spatial gradient.
     """
     records = _trace_sizes(model, input_size, batch_size)
-    ratio: dict[nn.Module, torch.Tensor] = {}
+    ratio: dict[int, torch.Tensor] = {}
     total = None
-    for layer, shape, before in records:
+    for layer, shape, conv_in, before in records:
         if isinstance(layer, nn.Conv2d):
             c_out, c_in_per_group, kh, kw = layer.weight.shape
             n, _, h, w = shape
             macs = torch.tensor(float(n * c_out * c_in_per_group * kh * kw), dtype=torch.float64)
             size = torch.tensor([float(h), float(w)], dtype=torch.float64)
-            for m in before:
-                if m not in ratio:
+            steps = {}
+            for m, in_size, out_size in before:
+                if conv_in[0] <= out_size[0] and conv_in[1] <= out_size[1]:
+                    steps.setdefault((id(m.alpha), in_size), m)
+            for m in steps.values():
+                if id(m.alpha) not in ratio:
                     r = m.scale().double()
-                    ratio[m] = r / r.detach()
-                size = size * ratio[m].to(size.device)
+                    ratio[id(m.alpha)] = r / r.detach()
+                size = size * ratio[id(m.alpha)].to(size.device)
             term = macs.to(size.device) * size[0] * size[1]
         else:  # nn.Linear: rows × in × out
             rows = math.prod(shape[:-1])
@@ -503,12 +523,56 @@ def _stride(module: nn.Module) -> tuple[int, int]:
     return tuple(int(v) for v in _pair(s))
 
 
+TIES = (None, "input_size")
+
+
+def _targets(model: nn.Module, strided_convs: bool) -> list[tuple[nn.Module, str, nn.Module]]:
+    targets = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            is_pool = isinstance(child, nn.MaxPool2d)
+            is_conv = strided_convs and isinstance(child, nn.Conv2d)
+            if (is_pool or is_conv) and max(_stride(child)) > 1:
+                targets.append((parent, name, child))
+    return targets
+
+
+@torch.no_grad()
+def _probe_input_sizes(model: nn.Module, modules: Sequence[nn.Module], input_size: int) -> dict[int, tuple[int, int]]:
+    """One forward pass of a zero image ``input_size``² (eval mode, no grad): ``id(module) -> input (H, W)`` for
+    every module of ``modules`` that runs (first call). Each submodule's train/eval flag is restored."""
+    seen: dict[int, tuple[int, int]] = {}
+
+    def record(module, args):
+        if args and torch.is_tensor(args[0]) and args[0].dim() >= 2:
+            seen.setdefault(id(module), tuple(int(v) for v in args[0].shape[-2:]))
+
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError("tie='input_size' needs an nn.Conv2d to infer the input channels from")
+    ref = next(model.parameters(), None)
+    x = torch.zeros(1, first_conv.in_channels, int(input_size), int(input_size),
+                    device=None if ref is None else ref.device, dtype=torch.float32 if ref is None else ref.dtype)
+    modes = [(m, m.training) for m in model.modules()]
+    handles = [m.register_forward_pre_hook(record) for m in modules]
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return seen
+
+
 def replace_resizing(
     model: nn.Module,
     kind: str = "dynopool",
     strided_convs: bool = False,
     input_size: int = 32,
     output_size: int = 8,
+    tie: str | None = "input_size",
     **module_kwargs,
 ) -> nn.Module:
     """Swap every down-sampling ``nn.MaxPool2d`` (stride > 1) of ``model`` for a learned resizing, in place.
@@ -518,9 +582,10 @@ def replace_resizing(
     take its place). ``kind="shape_adaptor"``: each pool becomes a
     :class:`ShapeAdaptor` whose down branch is that pool, every α initialised
     by :func:`shape_adaptor_init_alpha` for ``input_size`` → ``output_size``
-    over the number of replaced layers (the official rule; the official VGG
-    instead removes the pools and inserts :func:`shape_adaptor_count` adaptors
-    at :func:`shape_adaptor_positions`).
+    over the number of down-sampling stages -- the tied groups below, or the
+    replaced layers with ``tie=None`` (the official rule counts the adaptors of
+    a chain; the official VGG instead removes the pools and inserts
+    :func:`shape_adaptor_count` adaptors at :func:`shape_adaptor_positions`).
 
     ``strided_convs=True`` also replaces every ``nn.Conv2d`` with stride > 1 by
     the same conv at stride 1 followed by the module (for a Shape Adaptor the
@@ -528,22 +593,83 @@ def replace_resizing(
     conv again, for odd kernels with static padding). This costs the conv
     ``stride²`` times its MACs. ``module_kwargs`` go to the module's
     constructor. Returns ``model``.
+
+    **Tying** (``tie="input_size"``, the default). Parallel branches that merge
+    -- a ResNet block's strided conv beside its strided shortcut, a DLA tree's
+    max-pooled ``bottom`` beside its strided first block, concatenated by the
+    roots -- must down-sample to the *same* size, or the sum / concatenation
+    fails. One α per layer agrees only at initialisation (r = 1/stride); the
+    first step that moves one branch's α more than the other's breaks the
+    merge. So the replaced layers are grouped, and each group shares **one**
+    ``alpha`` (the same ``nn.Parameter`` object assigned to every module of the
+    group; each module keeps its own ``down`` branch). The rule: one probe
+    forward pass of a zero ``input_size``² image (eval mode, no grad, every
+    submodule's mode restored; input channels from the first ``nn.Conv2d``)
+    records each target's input H×W, and targets with the **same input size
+    and the same stride** form a group -- a down-sampling stage. Branches that
+    split from one tensor see the same size, and with a shared α (and the same
+    module settings) they map any input size to the same output size, at every
+    value of α. Layers of a plain chain (VGG) see different sizes, so there
+    every group has one layer and ``tie=None`` gives the same model.
+
+    Consequences: a target the probe pass never runs (e.g. the unused
+    ``downsample`` pool of a DLA sub-tree that receives ``bottom`` from its
+    parent) is **left as it is**: it cannot shape the output, and an α there
+    would be a parameter without gradient. The rule does not cover branches
+    from *different* resolutions merged after different strides, nor fixed
+    up-sampling by a factor (DLA-up, IDA-up): those need sizes, not ties. Two
+    unrelated stages that happen to see the same size at the probe (sides
+    clamped at 1 by a tiny ``input_size``) are tied too -- consistent, just
+    fewer parameters; pick an ``input_size`` that keeps stages apart. With
+    ``strided_convs=False``, a strided conv whose input matches a group's (a
+    branch that keeps its fixed stride beside a learned one) is warned about:
+    the merge breaks as soon as that α moves.
+
+    A shared α appears once in ``model.parameters()`` /
+    ``named_parameters()`` (under its first module's name, so it matches
+    :data:`ALPHA_PATTERN` once); ``state_dict`` stores it under every module's
+    name and loads back (the values are equal; loading a state dict whose
+    copies differ keeps the last). :func:`resizing_groups` lists the groups.
+
+    ``tie=None``: one α per replaced layer and no probe pass (the behaviour
+    before tying; correct for chains only).
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
-    targets = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            is_pool = isinstance(child, nn.MaxPool2d)
-            is_conv = strided_convs and isinstance(child, nn.Conv2d)
-            if (is_pool or is_conv) and max(_stride(child)) > 1:
-                targets.append((parent, name, child))
+    if tie not in TIES:
+        raise ValueError(f"tie={tie!r}: expected one of {TIES}")
+    targets = _targets(model, strided_convs)
     if not targets:
+        return model
+    # group index per target (None: left as it is)
+    if tie is None:
+        group_of = list(range(len(targets)))
+    else:
+        fixed = [] if strided_convs else [p for p in model.modules()
+                                          if isinstance(p, nn.Conv2d) and max(_stride(p)) > 1]
+        sizes = _probe_input_sizes(model, [c for _, _, c in targets] + fixed, input_size)
+        keys: dict[tuple, int] = {}
+        group_of = []
+        for _, _, child in targets:
+            size = sizes.get(id(child))
+            group_of.append(None if size is None else keys.setdefault((size, _stride(child)), len(keys)))
+        clash = sorted({f"{tuple(sizes[id(c)])} stride {_stride(c)}" for c in fixed
+                        if id(c) in sizes and (sizes[id(c)], _stride(c)) in keys})
+        if clash:
+            warnings.warn(f"replace_resizing: strided convolutions keep their fixed stride beside learned layers "
+                          f"with the same input ({', '.join(clash)}); their branches stop agreeing in size once "
+                          f"α moves -- pass strided_convs=True", stacklevel=2)
+    n_groups = len({g for g in group_of if g is not None})
+    if not n_groups:
         return model
     alpha = None
     if kind == "shape_adaptor" and "alpha" not in module_kwargs:
-        alpha = shape_adaptor_init_alpha(input_size, len(targets), output_size)
-    for parent, name, child in targets:
+        alpha = shape_adaptor_init_alpha(input_size, n_groups, output_size)
+    fallback = next(model.parameters(), None)
+    shared: dict[int, nn.Parameter] = {}
+    for (parent, name, child), group in zip(targets, group_of):
+        if group is None:
+            continue
         stride = _stride(child)
         if kind == "dynopool":
             kwargs = {"init_scale": (1 / stride[0], 1 / stride[1]), **module_kwargs}
@@ -552,14 +678,26 @@ def replace_resizing(
             kwargs = {"alpha": alpha, **module_kwargs} if alpha is not None else dict(module_kwargs)
             down = child if isinstance(child, nn.MaxPool2d) else Subsample2d(stride)
             new = ShapeAdaptor(down=down, **kwargs)
+        ref = next(child.parameters(), fallback)
+        if ref is not None:
+            new = new.to(device=ref.device)
+        if group in shared:
+            new.alpha = shared[group]
+        else:
+            shared[group] = new.alpha
         if isinstance(child, nn.Conv2d):
             child.stride = (1, 1)
             new = nn.Sequential(child, new)
-        ref = next(child.parameters(), None)
-        if ref is not None:
-            new = new.to(device=ref.device)
         setattr(parent, name, new)
     return model
+
+
+def resizing_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """The resizing modules grouped by their ``alpha`` (one group per shared α, in order of first appearance)."""
+    groups: dict[int, list[nn.Module]] = {}
+    for m in resizing_modules(model):
+        groups.setdefault(id(m.alpha), []).append(m)
+    return list(groups.values())
 
 
 # ------------------------------------------------------------------ optimiser groups
@@ -567,9 +705,10 @@ ALPHA_PATTERN = "*.alpha"
 
 
 def resizing_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    """The ``alpha`` of every resizing module (for a separate optimiser, as the official Shape Adaptor code)."""
-    for m in resizing_modules(model):
-        yield m.alpha
+    """The ``alpha`` of every resizing module, each shared α once (for a separate optimiser, as the official
+    Shape Adaptor code)."""
+    for group in resizing_groups(model):
+        yield group[0].alpha
 
 
 def alpha_param_groups(lr_scale: float = 1.0, weight_decay: float = 0.0) -> dict[str, dict[str, float]]:

@@ -329,7 +329,14 @@ def _scales(model: nn.Module) -> list[tuple[nn.Module, float, float]]:
 
 @torch.no_grad()
 def learned_shapes(model: nn.Module, input_size: int) -> pd.DataFrame:
-    """One row per resizing layer: ``layer``, ``kind``, input and output ``H×W`` at ``input_size``, ``r_h``, ``r_w``."""
+    """One row per resizing layer: ``layer``, ``kind``, input and output ``H×W`` at ``input_size``, ``r_h``, ``r_w``.
+
+    Per *module*, also when modules share one α (``replace_resizing``'s tied groups: the parallel branches of a
+    ResNet / DLA stage): every module of a group gets its own row with the group's r, so the rows stay the
+    network's layers (as the ``hand`` arm's max-pools) and means over layers weight a group by its module count;
+    :func:`~dla_repro.models.resizing.resizing_groups` gives the groups. A layer that the forward pass never runs
+    (the unused ``downsample`` of a DLA sub-tree) has no size and no row (``layer`` keeps
+    its index among :func:`resizing_layers`, the index of the task's ``r<i>_h``)."""
     sizes: dict[int, tuple] = {}
     scales = _scales(model)
     handles = [m.register_forward_hook(lambda mod, args, out, i=i: sizes.__setitem__(
@@ -345,6 +352,8 @@ def learned_shapes(model: nn.Module, input_size: int) -> pd.DataFrame:
             h.remove()
     rows = []
     for i, (m, r_h, r_w) in enumerate(scales):
+        if i not in sizes:
+            continue
         (in_h, in_w), (h, w) = sizes[i]
         rows.append({"layer": i, "kind": type(m).__name__, "in_h": in_h, "in_w": in_w, "h": h, "w": w,
                      "r_h": r_h, "r_w": r_w})
