@@ -553,3 +553,35 @@ def test_learned_shapes_reports_a_tied_stage_per_module_and_skips_layers_that_ne
     # the two branches of a stage: one row each, the same input and output size
     per_stage = shapes.groupby(["in_h", "in_w"])[["h", "w"]].nunique()
     assert len(per_stage) == 5 and (per_stage == 1).all().all()
+
+
+def test_alpha_every_k_updates_moves_the_scales_only_on_those_updates(tmp_path):
+    """Shape Adaptor's schedule (``alpha_param_groups(every=k)``): through ``fit``, three updates with ``every=3``
+    leave every α where one update leaves it (both move it at update 0 only, from the same weights and batch),
+    while the other parameters keep training; with ``every=1`` the α move on."""
+    from torch.utils.data import TensorDataset
+
+    from dla_repro.engine import TrainConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 3, 16, 16, generator=g), torch.randint(0, 5, (48,), generator=g)
+    data = (TensorDataset(x[:32], y[:32]), TensorDataset(x[32:], y[32:]))
+
+    def trained(iterations: int, every: int) -> nn.Module:
+        torch.manual_seed(0)
+        model = replace_resizing(tiny_vgg(), "dynopool")
+        cfg = TrainConfig(iterations=iterations, batch_size=16, lr=0.01, schedule="constant", progress=False,
+                          param_groups=alpha_param_groups(lr_scale=10.0, every=every),
+                          ckpt_dir=str(tmp_path / f"{iterations}-{every}"))
+        fit(model, data, cfg, run_name="every")
+        return model
+
+    one, every3, every1 = trained(1, 3), trained(3, 3), trained(3, 1)
+    alphas = lambda m: torch.cat([p.detach().flatten() for p in resizing_parameters(m)])  # noqa: E731
+    start = alphas(replace_resizing(tiny_vgg(), "dynopool"))
+    assert not torch.equal(alphas(one), start)  # update 0 moves them
+    torch.testing.assert_close(alphas(every3), alphas(one), rtol=0, atol=0)
+    assert not torch.equal(alphas(every1), alphas(one))
+    assert not torch.equal(every3[0].weight, one[0].weight)  # the weights trained on updates 1 and 2
+    with pytest.raises(ValueError, match="positive integer"):
+        TrainConfig(param_groups=alpha_param_groups(every=0))

@@ -39,7 +39,13 @@ wins) their own lr multiplier and/or weight decay, e.g. learned scale factors
 
 ``lr_scale`` multiplies the scheduled lr (timm's ``lr_scale`` group key, the
 mechanism of its layer-wise lr decay); without ``weight_decay`` a group follows
-timm's rule (none on 1-d parameters). The spec is logged as one MLflow param
+timm's rule (none on 1-d parameters). ``every: k`` updates the group's parameters
+on every k-th update only (updates 0, k, 2k, …): on the others their gradients are
+dropped before the optimiser step, so they neither move nor enter its moments --
+Shape Adaptor's schedule, whose official code steps the α every 20 iterations
+(lorenmt/shape-adaptor ``model_training.py``, ``--step``; it does so with its own
+optimiser, in an extra forward/backward pass before the weights' step, where here
+both step together on that update). The spec is logged as one MLflow param
 holding its JSON.
 """
 
@@ -59,7 +65,7 @@ AMP_DTYPES = ("bfloat16", "float16")
 # ``resume=True``; ``sweep_workers`` only decides how many trainings of a sweep run side by side; the checkpoint folder is per execution and holds an absolute path,
 # which would make identical configurations from two clones look different).
 RUNTIME_ONLY = ("resume", "progress", "ckpt_dir", "sweep_workers")
-GROUP_KEYS = ("lr_scale", "weight_decay")
+GROUP_KEYS = ("lr_scale", "weight_decay", "every")
 
 
 @dataclass
@@ -123,6 +129,9 @@ class TrainConfig:
                 raise ValueError(
                     f"param_groups[{pattern!r}] = {spec!r}: expected a non-empty mapping with keys from {GROUP_KEYS}"
                 )
+            every = spec.get("every", 1)
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise ValueError(f"param_groups[{pattern!r}]['every'] = {every!r}: expected a positive integer")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

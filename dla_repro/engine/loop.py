@@ -59,7 +59,7 @@ from . import distributed, progress
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_tmp, save_checkpoint
 from .config import RUNTIME_ONLY, TrainConfig
 from .loaders import as_bundle, dataset_identity, make_loader, set_epoch
-from .optim import create_optimizer, create_scheduler, num_epochs
+from .optim import create_optimizer, create_scheduler, drop_off_schedule_grads, num_epochs
 from .seed import epoch_seed, get_rng_state, seed_everything, set_rng_state
 from .tasks import ClassificationTask
 
@@ -311,6 +311,7 @@ def _train_epoch(net, model, loader, task, optimizer, scheduler, scaler, ema, cf
         if cfg.clip_grad:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+        drop_off_schedule_grads(optimizer, updates)
         scaler.step(optimizer)
         scaler.update()
         updates += 1

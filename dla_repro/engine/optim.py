@@ -34,7 +34,7 @@ from timm.scheduler import create_scheduler_v2
 
 from .config import TrainConfig
 
-__all__ = ["create_optimizer", "create_scheduler", "num_epochs", "param_groups"]
+__all__ = ["create_optimizer", "create_scheduler", "drop_off_schedule_grads", "num_epochs", "param_groups"]
 
 
 def create_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -87,11 +87,24 @@ def param_groups(
         extra = {"group": pattern}
         if "lr_scale" in settings:
             extra["lr_scale"] = float(settings["lr_scale"])
+        if int(settings.get("every", 1)) > 1:
+            extra["every"] = int(settings["every"])
         if "weight_decay" in settings:
             groups.append({"params": [p for _, p in named], "weight_decay": float(settings["weight_decay"]), **extra})
         else:
             groups.extend(split(named, **extra))
     return groups
+
+
+def drop_off_schedule_grads(optimizer: torch.optim.Optimizer, update: int) -> None:
+    """Before the optimiser step of update ``update`` (counted from 0): drop the gradients of every group whose
+    ``every`` (``param_groups`` key ``every: k``) does not divide ``update``, so that update leaves them as they
+    are -- optimisers skip a parameter without a gradient, moments included."""
+    for group in optimizer.param_groups:
+        every = group.get("every", 1)
+        if every > 1 and update % every:
+            for p in group["params"]:
+                p.grad = None
 
 
 def num_epochs(cfg: TrainConfig, updates_per_epoch: int) -> int:

@@ -711,12 +711,16 @@ def resizing_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
         yield group[0].alpha
 
 
-def alpha_param_groups(lr_scale: float = 1.0, weight_decay: float = 0.0) -> dict[str, dict[str, float]]:
+def alpha_param_groups(lr_scale: float = 1.0, weight_decay: float = 0.0, every: int = 1) -> dict[str, dict[str, float]]:
     """``TrainConfig.param_groups`` entry that gives every ``alpha`` its own group (no weight decay by default).
 
     ``dla_repro.engine.optim.param_groups`` matches the pattern ``"*.alpha"``
     against parameter names; the group's lr is the scheduled lr times
-    ``lr_scale``. (The official Shape Adaptor code instead steps the α with
-    their own SGD, lr 0.1, every 20 iterations: ``model_training.py``.)
+    ``lr_scale``; ``every=k`` moves the α on every k-th update only (the official
+    Shape Adaptor code steps them with their own SGD, lr 0.1, every 20 iterations:
+    ``model_training.py``, ``--step``; ``alpha_param_groups(every=20)``).
     """
-    return {ALPHA_PATTERN: {"lr_scale": float(lr_scale), "weight_decay": float(weight_decay)}}
+    spec = {"lr_scale": float(lr_scale), "weight_decay": float(weight_decay)}
+    if every != 1:
+        spec["every"] = int(every)
+    return {ALPHA_PATTERN: spec}
