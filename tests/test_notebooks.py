@@ -91,6 +91,33 @@ def test_whole_pipeline_runs_in_smoke_profile(capsys):
     assert all(e["status"] == "ok" for e in manifest["notebooks"].values())
     _assert_every_run_in_its_notebooks_experiment(manifest)
     _assert_claims_plans_logged(manifest)
+    _assert_claims_tables_rejudge_unchanged()
+    _assert_gald_outputs()
+
+
+def _assert_claims_tables_rejudge_unchanged() -> None:
+    """Every claims table the smoke run wrote is re-judged (``scripts/rejudge.py``) to the same verdicts."""
+    from dla_repro.experiments import rejudge
+
+    judged = rejudge.rejudge(results_dir(), "smoke", write=False)
+    assert {s.experiment for s in JUDGING} <= set(judged)
+    for experiment, (old, new) in judged.items():
+        assert list(new["verdict"]) == list(old["verdict"]), experiment
+
+
+def _assert_gald_outputs() -> None:
+    """GALD's smoke run: its claims' trials and one descriptive GA type, object counts, claims, figures."""
+    import pandas as pd
+
+    from dla_repro.experiments.gald import local_distribution as gald
+
+    tables = results_dir() / "tables" / "smoke"
+    runs = pd.read_csv(tables / "gald_runs.csv")
+    assert sorted(set(runs["trial"])) == ["cgnl", "cgnl_ld", "fcn", "gap_ld"]
+    assert runs["eval_small_count"].gt(0).all() and runs["eval_miou"].between(0, 1).all()
+    assert list(pd.read_csv(tables / "gald_claims.csv")["claim"]) == [c.text for c in gald.claims()]
+    for name in ("object_sizes", "boundary_band", "masks"):
+        assert (results_dir() / "figures" / "smoke" / f"gald_{name}.png").is_file(), name
 
 
 def _assert_claims_plans_logged(manifest: dict) -> None:

@@ -172,7 +172,7 @@ def test_every_notebook_that_writes_claims_names_a_module_with_the_rejudge_hook(
     importable and exposing ``rejudge_claims(params, tables, table)``; no other notebook has one."""
     specs = load_pipeline().notebooks
     writers = {spec.name for spec in specs if f"{spec.experiment}_claims.csv" in spec.path.read_text()}
-    assert writers == {"dla_classification", "dla_segmentation", "dla_boundaries", "parsenet", "dynopool"}
+    assert writers == {"dla_classification", "dla_segmentation", "dla_boundaries", "parsenet", "dynopool", "gald"}
     assert {spec.name for spec in specs if spec.module} == writers
     for spec in specs:
         if not spec.module:
