@@ -277,7 +277,7 @@ def test_gradients_reach_every_parameter():
     model = build_gald_segmenter("dlarepro_dla34", 3, mid=16, output_stride=None, tiny=True).train()
     x = torch.randn(2, 3, 32, 32)
     target = torch.randint(0, 3, (2, 32, 32))
-    OhemSegmentationTask(3, min_kept=500).loss(model(x), target).backward()
+    OhemSegmentationTask(3, min_kept=500, aux_weights={"aux": 0.4}).loss(model(x), target).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
     zero = [n for n, p in model.named_parameters() if torch.count_nonzero(p.grad) == 0]
@@ -342,8 +342,9 @@ def test_ohem_upsamples_the_logits_to_the_labels_first():
 def test_task_total_is_ohem_plus_0_4_plain_ce_on_aux():
     main, target, _ = _ohem_case()
     aux = torch.randn_like(main)
-    task = OhemSegmentationTask(2, min_kept=5)
-    assert task.aux_weights == {"aux": 0.4} and isinstance(task, SegmentationTask)
+    assert OhemSegmentationTask(2).aux_weights == {}  # the engine's default: no auxiliary output expected
+    task = OhemSegmentationTask(2, min_kept=5, aux_weights={"aux": 0.4})  # GALD's weight, set by its experiment
+    assert isinstance(task, SegmentationTask)
     expected = ohem_cross_entropy(main, target, min_kept=5) + 0.4 * F.cross_entropy(aux, target,
                                                                                      ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(task.loss((main, {"aux": aux}), target), expected)

@@ -23,8 +23,9 @@ aux_criterion(k, aux_k)``, e.g. GALD's ``aux_weights={"aux": 0.4}`` (arXiv
 1909.07229; the weight is the official code's, lxtGH/GALD-DGCNet
 ``libs/core/loss.py``). A paper-specific loss is a subclass that
 overrides ``criterion`` / ``aux_criterion`` (e.g. OHEM on the main head only) or
-``loss`` (an extra term read from ``model``): :class:`OhemSegmentationTask` is
-GALD's (OHEM on the main head, plain cross-entropy on ``"aux"``).
+``loss`` (an extra term read from ``model``): :class:`OhemSegmentationTask` puts
+OHEM on the main head and plain cross-entropy on the auxiliary outputs (GALD's
+objective with ``aux_weights={"aux": 0.4}``, set by its experiment module).
 """
 
 from __future__ import annotations
@@ -211,11 +212,13 @@ class SegmentationTask(SupervisedTask):
 
 
 class OhemSegmentationTask(SegmentationTask):
-    """GALD's loss: OHEM cross-entropy on the main output + ``0.4 ×`` plain cross-entropy on ``"aux"``.
+    """OHEM cross-entropy on the main output + weighted plain cross-entropy on the auxiliary outputs.
 
-    ``loss = OHEM(main) + Σ_k aux_weights[k] · CE(aux_k)`` (arXiv 1909.07229;
-    official code lxtGH/GALD-DGCNet ``libs/core/loss.py``, ``CriterionOhemDSN``:
-    ``thresh = 0.7``, ``min_kept = 100000``, weight 0.4).  OHEM is
+    ``loss = OHEM(main) + Σ_k aux_weights[k] · CE(aux_k)``; like every task here it
+    expects no auxiliary output unless ``aux_weights`` names it.  GALD's objective
+    (arXiv 1909.07229; official code lxtGH/GALD-DGCNet ``libs/core/loss.py``,
+    ``CriterionOhemDSN``) is ``thresh = 0.7``, ``min_kept = 100000`` and
+    ``aux_weights={"aux": 0.4}`` (``dla_repro.experiments.gald.local_distribution.make_task``).  OHEM is
     :func:`~.losses.ohem_cross_entropy`: with fewer valid pixels in the batch
     than ``min_kept`` it keeps them all, so at CPU sizes (a batch of 8 at 64×64
     is 32,768 pixels) ``min_kept`` must be scaled down for any mining to
@@ -236,7 +239,6 @@ class OhemSegmentationTask(SegmentationTask):
         aux_weights: Mapping[str, float] | None = None,
         align_corners: bool = True,
     ):
-        aux_weights = {"aux": 0.4} if aux_weights is None else aux_weights
         super().__init__(num_classes, ignore_index, evaluator=evaluator, aux_weights=aux_weights)
         self.thresh, self.min_kept, self.align_corners = float(thresh), int(min_kept), bool(align_corners)
 
