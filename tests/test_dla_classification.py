@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -18,7 +19,7 @@ matplotlib.use("Agg")
 import mlflow  # noqa: E402
 
 from dla_repro import cli, tracking  # noqa: E402
-from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  # noqa: E402
+from dla_repro.analysis.claims import DESCRIPTIVE, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED  # noqa: E402
 from dla_repro.engine import TrainConfig  # noqa: E402
 from dla_repro.experiments import study  # noqa: E402
 from dla_repro.experiments.dla import classification as exp  # noqa: E402
@@ -310,3 +311,20 @@ def test_no_ablation_gives_empty_tables_and_no_claims():
     assert not len(results.of("aggregation")) and "config_key" in results.runs
     results.runs.drop(columns=["config_key"])  # what the notebook logs
     assert not len(exp.claims_frame(exp.judge_claims(results, TINY)))
+
+
+def test_a_synthetic_run_short_of_the_frozen_budget_is_descriptive():
+    assert exp.short_budget("synthetic-v2", exp.FROZEN_ITERATIONS) == ""
+    assert exp.short_budget("imagefolder", 300) == ""  # real data: judged as run
+    assert exp.short_budget("synthetic-v2", 0) == ""  # epochs, not updates
+    why = exp.short_budget("synthetic-v2", 300)
+    assert "300 updates" in why and "2,400" in why
+    results = _fake({("aggregation", "agg=full"): [0.30, 0.31, 0.32], ("aggregation", "agg=none"): [0.20, 0.22, 0.21]})
+    judged = exp.judge_claims(results, TINY, floor=exp.learned_floor(32), descriptive=why)
+    (v,) = [v for _, v in judged]
+    assert v.verdict == DESCRIPTIVE and v.delta == pytest.approx(0.1)
+    # the re-judging hook declares the same, from the run's parameters
+    declared, _ = exp.rejudge_claims({"dataset": "synthetic-v2", "iterations": 300, "variant": "dla34", "image_size": 32,
+                                      "channels": list(TINY.channels), "deep_levels": list(TINY.deep_levels)},
+                                     Path("/nonexistent"), pd.DataFrame())
+    assert {c.descriptive for c in declared} == {why}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from dla_repro.analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE
+from dla_repro.analysis.claims import DESCRIPTIVE, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE
 from dla_repro.engine import ClassificationTask, TrainConfig
 from dla_repro.experiments import study
 from dla_repro.experiments.study import Claim
@@ -300,3 +300,28 @@ def test_paper_modules_declare_valid_plans():
         plan = study.preregister(claims, [0, 1], experiment=name, log=False)
         assert len(plan.table) == len(claims) > 0 and plan.sha256 == study.preregister(
             claims, [0, 1], experiment=name, log=False).sha256, name
+
+
+def test_a_descriptive_claim_is_measured_but_never_decided_and_leaves_its_family():
+    runs = pd.DataFrame({"trial": ["a"] * 5 + ["b"] * 5 + ["c"] * 5, "seed": list(range(5)) * 3,
+                         "acc": [0.8, 0.82, 0.81, 0.83, 0.8] + [0.5, 0.52, 0.51, 0.5, 0.53] + [0.6, 0.61, 0.6, 0.62, 0.6]})
+    decided = Claim("a beats b", "a", "b", "acc", family="f")
+    other = Claim("a beats c", "a", "c", "acc", family="f")
+    described = Claim("a beats b", "a", "b", "acc", family="f", descriptive="short budget")
+    judged = {v.claim: v for v in study.judge([decided, other], runs)}
+    assert judged["a beats b"].verdict == REPRODUCED
+    (v, w) = study.judge([described, other], runs)
+    # the same numbers, no verdict, the reason declared before training as its note
+    assert v.verdict == DESCRIPTIVE and "short budget" in v.note and "short budget" in v.reading
+    assert (v.delta, v.ci_low, v.ci_high, v.mde) == (judged["a beats b"].delta, judged["a beats b"].ci_low,
+                                                    judged["a beats b"].ci_high, judged["a beats b"].mde)
+    # Holm: decided, "a beats b" is adjusted over a family of two; descriptive, it is no test and leaves the family
+    assert min(x.p_adjusted for x in judged.values()) == pytest.approx(2 * min(x.p for x in judged.values()))
+    assert v.p_adjusted == pytest.approx(v.p) and w.p_adjusted == pytest.approx(w.p)
+    # the plan shows and hashes the field only when set: plans without one keep their old hash
+    plain = study.preregister([decided], [0, 1, 2, 3, 4], experiment="x", log=False)
+    marked = study.preregister([described], [0, 1, 2, 3, 4], experiment="x", log=False)
+    assert "descriptive" not in json.dumps(plain.content()) and "short budget" in json.dumps(marked.content())
+    assert plain.sha256 != marked.sha256
+    assert list(marked.table["descriptive"]) == ["short budget"] and "1 of them descriptive" in marked.summary()
+    assert marked.params()["claims.c1.descriptive"] == "short budget" and "claims.c1.descriptive" not in plain.params()

@@ -89,6 +89,7 @@ __all__ = [
     "REPRODUCED",
     "NOT_REPRODUCED",
     "INCONCLUSIVE",
+    "DESCRIPTIVE",
     "ALPHA",
     "POWER",
     "RULE",
@@ -102,6 +103,7 @@ __all__ = [
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive at this budget"
+DESCRIPTIVE = "descriptive: no verdict"  # declared before training as not decidable in this run (see study.Claim)
 ALPHA = 0.05  # level of every test
 POWER = 0.8  # power at which the minimum detectable effect is quoted
 ONE_SEED = "one seed: no verdict"
@@ -288,15 +290,17 @@ def holm(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
     claims without a p-value (one seed, undefined metric), are left as they are
     (``p_adjusted = p``).  A "reproduced" claim whose adjusted p is not below
     ``alpha`` becomes inconclusive; no other verdict depends on ``p``.  Claims
-    whose verdict the floor blocks still count in ``m`` (conservative).
+    whose verdict the floor blocks still count in ``m`` (conservative).  A
+    claim declared descriptive (verdict :data:`DESCRIPTIVE`) tests nothing and
+    does not count.
     """
     out = list(verdicts)
     families: dict[str, list[int]] = {}
     for i, v in enumerate(out):
-        if v.family and not math.isnan(v.p):
+        if v.family and not math.isnan(v.p) and v.verdict != DESCRIPTIVE:
             families.setdefault(v.family, []).append(i)
     for i, v in enumerate(out):
-        if not (v.family and not math.isnan(v.p)):
+        if not (v.family and not math.isnan(v.p) and v.verdict != DESCRIPTIVE):
             out[i] = dataclasses.replace(v, p_adjusted=v.p, alpha=alpha)
     for family, members in families.items():
         m = len(members)

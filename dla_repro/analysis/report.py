@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE
+from .claims import DESCRIPTIVE, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE
 
 __all__ = ["collect_claims", "claims_report", "write_report", "forest_frame", "plot_forest", "report_markdown",
            "readme_section", "update_readme", "report_path", "write_all", "README_START", "README_END"]
@@ -46,7 +46,7 @@ SUFFIX = "_claims.csv"
 FOREST = "claims_forest.png"
 README_START = "<!-- report:start -->"
 README_END = "<!-- report:end -->"
-VERDICT_COLOURS = {REPRODUCED: "#1b9e77", NOT_REPRODUCED: "#d95f02", INCONCLUSIVE: "#7f7f7f"}
+VERDICT_COLOURS = {REPRODUCED: "#1b9e77", NOT_REPRODUCED: "#d95f02", INCONCLUSIVE: "#7f7f7f", DESCRIPTIVE: "#b3b3b3"}
 
 
 def _pipeline_entries() -> list[Mapping[str, Any]] | None:
@@ -181,9 +181,7 @@ def claims_report(claims: pd.DataFrame, profile: str, manifest: Mapping[str, Any
                      f"{row.n_a}/{row.n_b} | {_test_text(row)} | {_num(getattr(row, 'mde', None), '.3g')} | "
                      f"**{row.verdict}**{why} |")
     counts = claims["verdict"].value_counts()
-    order = [REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE] + sorted(set(counts.index) - {REPRODUCED, NOT_REPRODUCED,
-                                                                                     INCONCLUSIVE})
-    lines += ["", "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in order if v in counts) + ".", "", RULE]
+    lines += ["", "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in _verdict_order(counts)) + ".", "", RULE]
     return "\n".join(lines) + "\n"
 
 
@@ -465,7 +463,7 @@ def report_markdown(claims: pd.DataFrame, profile: str, manifest: Mapping[str, A
 
 
 def _verdict_order(counts: pd.Series) -> list[str]:
-    first = [REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE]
+    first = [REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, DESCRIPTIVE]
     return [v for v in first if v in counts] + sorted(set(counts.index) - set(first))
 
 

@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from .. import interrupts
-from ..analysis.claims import ALPHA, INCONCLUSIVE, RULE, Verdict, compare, holm
+from ..analysis.claims import ALPHA, DESCRIPTIVE, INCONCLUSIVE, RULE, Verdict, compare, holm
 from ..engine import DataBundle, TrainConfig, Trial, sweep
 from ..metrics.complexity import count_params
 
@@ -399,6 +399,12 @@ class Claim:
     ``matched``: the claim compares its arms *at matched parameters*, within this
     relative tolerance of the larger count (``0.05``: ±5 %); :func:`arm_problems`
     checks it on the models the trials build, before anything trains.
+
+    ``descriptive``: why this run cannot decide the claim (e.g. a budget short of
+    the one its pilot froze), said before training.  Such a claim is measured and
+    shown with its interval and MDE, but its verdict is
+    :data:`~dla_repro.analysis.claims.DESCRIPTIVE` whatever the data, and it does
+    not count in its family's Holm adjustment.  Empty (the default): judged.
     """
 
     text: str
@@ -416,6 +422,7 @@ class Claim:
     undefined: str = ""  # why a side can have no value, shown when it has none
     paired: bool = True
     matched: float | None = None  # the two arms' parameter counts agree within this fraction (0.05: ±5 %)
+    descriptive: str = ""  # why this run cannot decide the claim (declared before training): no verdict
 
 
 def _seeded(runs: pd.DataFrame, trial: str, metric: str | Sequence[str]) -> list[tuple[Any, float]]:
@@ -534,7 +541,7 @@ EXPECTS = ("greater", "less", "equal")
 ONE_SEED_NOTE = "one seed: no verdict possible (every claim will be inconclusive)"
 _PLAN_COLUMNS = ("id", "text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired",
                  "matched",
-                 "seeds", "alpha", "test", "multiplicity")
+                 "seeds", "alpha", "test", "multiplicity", "descriptive")
 _PARAM_FIELDS = ("text", "a", "b", "metric", "expect", "min_effect", "tolerance", "floor", "family", "paired", "matched",
                  "test")
 _PARAM_LIMIT = 500  # characters of a parameter value every MLflow version accepts
@@ -614,7 +621,7 @@ class ClaimsPlan:
         return {"id": cid, "text": c.text, "a": c.a, "b": c.b, "metric": _metric_text(c.metric), "expect": c.expect,
                 "min_effect": c.min_effect, "tolerance": c.tolerance, "floor": c.floor, "family": c.family,
                 "paired": c.paired, "matched": c.matched, "seeds": list(self.seeds), "alpha": self.alpha,
-                "test": _test_name(c), "multiplicity": multiplicity}
+                "test": _test_name(c), "multiplicity": multiplicity, "descriptive": c.descriptive}
 
     @property
     def table(self) -> pd.DataFrame:
@@ -624,7 +631,7 @@ class ClaimsPlan:
 
     def content(self) -> dict[str, Any]:
         """What the plan fixes (and its hash covers): every field of every claim, the seeds, the level, the design."""
-        claims = [{"id": i, **dataclasses.asdict(c), "test": _test_name(c)} for i, c in zip(self.ids, self.claims)]
+        claims = [{"id": i, **_fields(c), "test": _test_name(c)} for i, c in zip(self.ids, self.claims)]
         return {"experiment": self.experiment, "seeds": list(self.seeds), "alpha": self.alpha,
                 "design": self.design, "claims": claims}
 
@@ -647,6 +654,8 @@ class ClaimsPlan:
             for f in _PARAM_FIELDS:
                 value = row[f]
                 out[f"claims.{i}.{f}"] = (value if isinstance(value, str) else json.dumps(value))[:_PARAM_LIMIT]
+            if c.descriptive:
+                out[f"claims.{i}.descriptive"] = c.descriptive[:_PARAM_LIMIT]
         return out
 
     def summary(self) -> str:
@@ -667,6 +676,15 @@ class ClaimsPlan:
             raise PlanError(f"{self.experiment}: judged claims were not pre-registered in plan sha256 "
                             f"{self.sha256[:12]}…: {'; '.join(why)}. Change a plan by editing the paper module's "
                             "claims and committing the change with its reason, then run again.")
+
+
+def _fields(c: Claim) -> dict[str, Any]:
+    """A claim's fields for the plan's hash: ``descriptive`` only when set, so plans that declare no
+    descriptive claim keep the hash they had before the field existed."""
+    fields = dataclasses.asdict(c)
+    if not fields["descriptive"]:
+        del fields["descriptive"]
+    return fields
 
 
 def _active_plan_tag() -> str:
@@ -713,6 +731,9 @@ def preregister(
     notes = (ONE_SEED_NOTE,) if len(seeds) < 2 else ()
     if not claims:
         notes += ("no claims declared",)
+    described = sum(1 for c in claims if c.descriptive)
+    if described:
+        notes += (f"{described} of them descriptive in this run (shown with their interval, no verdict)",)
     plan = ClaimsPlan(experiment, claims, seeds, float(alpha), design, notes)
     if not log:
         return plan
@@ -819,6 +840,9 @@ def judge(
                     tolerance=c.tolerance, floor=c.floor, paired=paired, alpha=alpha, family=c.family)
         if note:
             v = dataclasses.replace(v, note="; ".join(n for n in (v.note, note) if n))
+        if c.descriptive:
+            v = dataclasses.replace(v, verdict=DESCRIPTIVE, note="; ".join(n for n in (c.descriptive, v.note) if n),
+                                    reading=f"declared descriptive before training: {c.descriptive}")
         out.append(v)
     out = holm(out, alpha)
     if plan is not None:
