@@ -123,6 +123,26 @@ def test_loss_decreases_and_identical_runs_match(tmp_path):
     assert [a.path for a in client().list_artifacts(first.run_id, "checkpoints")] == ["checkpoints/final.pt"]
 
 
+def test_val_every_scores_fewer_epochs_and_trains_the_same_weights(tmp_path):
+    cfg = small_config(tmp_path, epochs=5, lr=0.3)
+    every = fit(toy_model(), toy_data(), cfg, run_name="toy")
+    sparse = fit(toy_model(), toy_data(), dataclasses.replace(cfg, val_every=2, ckpt_dir=str(tmp_path / "sparse")),
+                 run_name="toy")
+    scored = sparse.history["val_top1"].notna().tolist()
+    assert scored == [False, True, False, True, True]  # every 2nd epoch and the last
+    train = [c for c in every.history if c.startswith("train_")]
+    assert sparse.history[train].equals(every.history[train])  # scoring touches no weight
+    assert sparse.final["val_top1"] == every.final["val_top1"]
+    assert sparse.best == max(every.history["val_top1"].iloc[[1, 3, 4]])  # best among the scored epochs
+    last = fit(toy_model(), toy_data(), dataclasses.replace(cfg, val_every=0, ckpt_dir=str(tmp_path / "last")),
+               run_name="toy")
+    assert last.history["val_top1"].notna().tolist() == [False] * 4 + [True] and last.best_epoch == 4
+    assert [m.step for m in client().get_metric_history(last.run_id, "val_top1")] == [4]
+    assert "val_every" not in client().get_run(last.run_id).data.params  # how often it is watched, not what it is
+    with pytest.raises(ValueError, match="val_every"):
+        small_config(tmp_path, val_every=-1)
+
+
 def test_fit_nests_under_active_run(tmp_path):
     parent = tracking.start_notebook_run("unit_engine", {"epochs": 1}, profile="smoke").info.run_id
     result = fit(toy_model(), toy_data(32, 16), small_config(tmp_path, epochs=1), run_name="nested")

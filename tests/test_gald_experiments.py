@@ -138,6 +138,19 @@ def test_the_pilot_trains_the_fcn_trial_with_the_released_objective(monkeypatch)
 def test_rejudge_claims_declares_the_notebooks_claims(tmp_path):
     claims, post = gald.rejudge_claims({}, tmp_path, pd.DataFrame())
     assert [c.text for c in claims] == [c.text for c in gald.claims()]
+    quick, _ = gald.rejudge_claims({"dataset": "synthetic-v2", "iterations": 200}, tmp_path, pd.DataFrame())
+    assert quick == gald.claims(small_descriptive=gald.short_budget("synthetic-v2", 200))
+
+
+def test_a_short_synthetic_run_describes_the_small_object_claims_and_judges_the_rest():
+    assert gald.short_budget("synthetic-v2", gald.SMALL_BUDGET) == ""
+    assert gald.short_budget("cityscapes", 1) == "" and gald.short_budget("synthetic-v2", 0) == ""
+    why = gald.short_budget("synthetic-v2", 200)
+    assert "200 updates" in why and str(gald.SMALL_BUDGET) in why
+    described = {c.text: c.descriptive for c in gald.claims(small_descriptive=why)}
+    small = {c.text for c in gald.claims() if c.metric == "eval_small_iou"}
+    assert len(small) == 2 and all(described[t] == why for t in small)
+    assert all(not d for t, d in described.items() if t not in small)
 
 
 @pytest.mark.notebook

@@ -60,6 +60,27 @@ def test_missing_one_of_two_dots_halves_the_small_bin_and_leaves_the_big_one():
     assert rows[["class", "area", "tp", "fp"]].values.tolist() == [[1, 64, 64, 0], [2, 9, 9, 0], [2, 9, 0, 0]]
 
 
+def test_below_an_edge_pools_the_bins_under_it_as_one_bin_would():
+    gt = _scene()
+    gt[0, 11:13, 14:20] = 1  # a 12-px bar beside the two 9-px dots and the 64-px square
+    pred = gt.clone()
+    pred[0, 19:22, 3:6] = 0  # one dot missed
+    pred[0, 11, 14:20] = 0  # half the bar missed
+    binned = ObjectSizeMetrics((0, 10, 20, 100), classes=[1, 2])
+    pooled = ObjectSizeMetrics((0, 20, math.inf), classes=[1, 2])
+    for m in (binned, pooled):
+        m.update(pred, gt)
+    pooled_scores = pooled.compute()
+    below = binned.below(20)
+    assert below["count"] == pooled_scores["size_count@0-20"] == 3
+    assert below["iou"] == pytest.approx(pooled_scores["size_iou@0-20"]) and below["iou"] == pytest.approx(1.5 / 3)
+    assert below["recall"] == pytest.approx(pooled_scores["size_recall@0-20"])
+    assert binned.below(10)["count"] == 2 and binned.below(100)["count"] == 4
+    with pytest.raises(ValueError, match="upper edge"):
+        binned.below(15)
+    assert math.isnan(ObjectSizeMetrics((0, 20, 100)).below(20)["iou"])  # nothing seen yet
+
+
 def test_a_smeared_dot_keeps_its_recall_and_loses_iou_by_its_false_alarms_nearby():
     gt = _scene()
     pred = gt.clone()

@@ -62,9 +62,10 @@ AMP_DTYPES = ("bfloat16", "float16")
 
 # Fields that change how a run is *watched* or *where* its files go, not what it
 # computes: not logged as MLflow params and not compared on resume (resuming sets
-# ``resume=True``; ``sweep_workers`` only decides how many trainings of a sweep run side by side; the checkpoint folder is per execution and holds an absolute path,
+# ``resume=True``; ``val_every`` only decides how often the model is scored -- evaluation touches no weight and
+# every epoch re-seeds its streams --; ``sweep_workers`` only decides how many trainings of a sweep run side by side; the checkpoint folder is per execution and holds an absolute path,
 # which would make identical configurations from two clones look different).
-RUNTIME_ONLY = ("resume", "progress", "ckpt_dir", "sweep_workers")
+RUNTIME_ONLY = ("resume", "progress", "ckpt_dir", "sweep_workers", "val_every")
 GROUP_KEYS = ("lr_scale", "weight_decay", "every")
 
 
@@ -99,6 +100,7 @@ class TrainConfig:
     ema: bool = False  # keep a timm ModelEmaV3 copy, evaluated as val_ema_*
     ema_decay: float = 0.9998
     # evaluation and checkpoints
+    val_every: int = 1  # validate after every k-th epoch and after the last (0: after the last only)
     monitor: str | None = None  # metric that picks best.pt; None: the task's default
     monitor_mode: str | None = None  # "max" or "min"; None: the task's default
     ckpt_dir: str | None = None  # None: <paths.work_dir()>/<run_name>
@@ -119,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"monitor_mode={self.monitor_mode!r}: expected 'max' or 'min'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+            raise ValueError(f"val_every={self.val_every!r}: expected 0 (after the last epoch only) or a positive count")
         if self.iterations < 0:
             raise ValueError(f"iterations={self.iterations}: expected 0 (train for epochs) or a positive count")
         if not isinstance(self.param_groups, Mapping):

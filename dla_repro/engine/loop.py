@@ -8,7 +8,8 @@ of them, or as many as ``iterations`` updates need, the last one then partial):
 2. train: forward under autocast, ``task.loss(output, target, model=model)``, stop
    on a non-finite loss, backward, optional grad-norm clipping, optimiser step, EMA
    update, ``scheduler.step_update`` (a no-op unless ``step_on_epochs=False``);
-3. evaluate on ``val`` (and the EMA weights as ``val_ema_*``);
+3. evaluate on ``val`` (and the EMA weights as ``val_ema_*``) -- after every ``val_every``-th epoch and the
+   last; an epoch without it cannot become ``best.pt`` when the monitor is a ``val_*`` metric;
 4. ``scheduler.step(epoch + 1)`` (a no-op when stepping per update);
 5. write ``best.pt`` (if improved) and ``last.pt`` atomically;
 6. only then log the epoch's metrics to MLflow with ``step=epoch`` (0-based).
@@ -225,7 +226,7 @@ def fit(
                             mlflow.set_tags({"nonfinite_loss.epoch": err.epoch, "nonfinite_loss.step": err.step})
                     raise
                 record.update(_prefixed("train_", train))
-                if val_loader is not None:
+                if val_loader is not None and _validates(epoch, epochs, cfg.val_every):
                     record.update(_prefixed("val_", _evaluate(net, val_loader, task, cfg, device, autocast)))
                     if ema is not None:
                         ema_metrics = _evaluate(ema.module, val_loader, task, cfg, device, autocast)
@@ -235,10 +236,12 @@ def fit(
             scheduler.step(epoch + 1)
             history.append(record)
 
-            if monitor not in record:
+            scored = val_loader is None or _validates(epoch, epochs, cfg.val_every) or not monitor.startswith("val_")
+            if scored and monitor not in record:
                 raise ValueError(f"monitor={monitor!r} is not among the metrics {sorted(record)}")
-            value = record[monitor]
-            improved = best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"])
+            value = record.get(monitor)
+            improved = scored and (best["value"] is None
+                                   or (value > best["value"] if mode == "max" else value < best["value"]))
             if improved:
                 best = {**best, "value": value, "epoch": epoch}
             with interrupts.deferred():  # a Ctrl-C here would leave the store locked (see interrupts)
@@ -272,6 +275,11 @@ def fit(
         best_checkpoint=best_path,
         weights=weights,
     )
+
+
+def _validates(epoch: int, epochs: int, every: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) of ``epochs`` ends with a validation: every ``every``-th and the last."""
+    return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
 
 
 def evaluate(model: torch.nn.Module, data: Any, task: Any = None, config: TrainConfig | None = None) -> dict:

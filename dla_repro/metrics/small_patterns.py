@@ -257,6 +257,17 @@ class ObjectSizeMetrics(_SummedState):
         return out
 
 
+    def below(self, area: float) -> dict[str, float]:
+        """``iou``, ``recall`` (means) and ``count`` over the objects smaller than ``area`` px² -- one of
+        ``edges``, so the bins below it hold exactly those objects: no second pass over the data."""
+        if area not in self.edges[1:] or self.edges[0] != 0:
+            raise ValueError(f"below({area!r}): needs bins from 0 with {area!r} as an upper edge, got {self.edges}")
+        sums = self.total.cpu() if self.total is not None else torch.zeros(len(self.edges) - 1, 3, dtype=torch.float64)
+        count, iou, recall = sums[: self.edges.index(area)].sum(0).tolist()
+        return {"iou": iou / count if count else math.nan, "recall": recall / count if count else math.nan,
+                "count": count}
+
+
 def size_table(scores: dict[str, float]) -> pd.DataFrame:
     """The ``size_*`` entries of a ``compute()`` dict as one row per bin: ``bin`` (``"0-16"``), ``lo``, ``hi``,
     ``count``, ``iou``, ``recall`` -- in the order of the dict (ascending size for :class:`ObjectSizeMetrics`)."""

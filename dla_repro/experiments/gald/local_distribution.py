@@ -110,6 +110,10 @@ CLAIM_BAND = 2  # the boundary-band width the claim reads (px)
 #: Objects smaller than this (px²) are "small": synthetic data / real data (COCO's small objects).
 SMALL_AREA = {"synthetic": 64, "real": 32 * 32}
 METRICS = ("eval_miou", "eval_small_iou", f"eval_band_acc_{CLAIM_BAND}px")
+#: The synthetic budget from which the small-object claims are judged: the pilot's ``fcn`` baseline has begun to
+#: segment small objects (its small-object IoU: 0.026 at 200 updates, 0.072 at 400, per-seed sd 0.004 at both;
+#: ``results/tables/pilot/pilot_runs.csv``).  Shorter runs describe those claims without a verdict.
+SMALL_BUDGET = 400
 
 
 # ----------------------------------------------------------------------------- model
@@ -190,15 +194,11 @@ def evaluate(model: nn.Module, data: study.StudyData, batch_size: int = 64) -> d
     objects = _object_classes(data.class_names)
     seg = SegmentationMetrics(data.num_classes)
     sizes = ObjectSizeMetrics(edges, classes=objects)
-    smalls = ObjectSizeMetrics((0, small, math.inf), classes=objects)
     bands = BoundaryBandMetrics(data.num_classes, widths=BAND_WIDTHS)
-    dataset_metrics(model, data.val, [seg, sizes, smalls, bands], batch_size)
+    dataset_metrics(model, data.val, [seg, sizes, bands], batch_size)
     out = {f"eval_{k}": float(v) for k, v in seg.summary().items() if k in ("miou", "pixel_acc")}
     out.update({f"eval_{_key(k)}": float(v) for k, v in sizes.compute().items()})
-    for k, v in smalls.compute().items():
-        kind, _, rng = k.partition("@")
-        if rng.startswith("0-"):
-            out[f"eval_small_{kind.split('_', 1)[1]}"] = float(v)
+    out.update({f"eval_small_{k}": float(v) for k, v in sizes.below(small).items()})  # SMALL_AREA is an edge
     out.update({f"eval_{_key(k)}": float(v) for k, v in bands.compute().items()})
     return out
 
@@ -264,18 +264,33 @@ def band_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- claims
-def claims(min_effect: float = MIN_EFFECT, band: int = CLAIM_BAND) -> list[Claim]:
+def short_budget(dataset: str, iterations: int) -> str:
+    """Why a run on ``dataset`` with ``iterations`` updates cannot decide the small-object claims ("" when it can).
+
+    On the synthetic data, before :data:`SMALL_BUDGET` updates even the baseline has hardly begun to segment
+    small objects, so their IoU says which arm started first, not which oversmooths them.  Real data (the
+    released recipe) is judged as run.
+    """
+    if not str(dataset).startswith("synthetic") or not 0 < int(iterations) < SMALL_BUDGET:
+        return ""
+    return (f"{int(iterations):,} updates, short of the {SMALL_BUDGET} from which the pilot's FCN baseline segments "
+            "small objects at all (its small-object IoU: 0.026 at 200 updates, 0.072 at 400): here the metric "
+            f"tells which arm started first; decided by the extended profile ({SMALL_BUDGET} updates)")
+
+
+def claims(min_effect: float = MIN_EFFECT, band: int = CLAIM_BAND, small_descriptive: str = "") -> list[Claim]:
     """The paper's statements as claims on CGNL (the released GA) and the released LD form, declared before
-    training; see the module docstring."""
+    training; see the module docstring.  ``small_descriptive`` (:func:`short_budget`): why this run cannot
+    decide the two small-object claims -- then they are shown without a verdict."""
     small = "eval_small_iou"
     band_metric = f"eval_band_acc_{band}px"
     ld_family = "LD restores the small patterns GA oversmooths"
     return [
         Claim("global aggregation helps (CGNL > FCN, mIoU)", "cgnl", "fcn", "eval_miou", min_effect=min_effect),
         Claim("GA alone hurts small objects (FCN > CGNL, small-object IoU)", "fcn", "cgnl", small,
-              min_effect=min_effect, label="small-object local IoU"),
+              min_effect=min_effect, label="small-object local IoU", descriptive=small_descriptive),
         Claim("LD lifts small-object IoU over GA alone", "cgnl_ld", "cgnl", small, min_effect=min_effect,
-              family=ld_family, label="small-object local IoU", matched=MATCHED),
+              family=ld_family, label="small-object local IoU", matched=MATCHED, descriptive=small_descriptive),
         Claim(f"LD lifts boundary-band accuracy ({band} px) over GA alone", "cgnl_ld", "cgnl", band_metric,
               min_effect=min_effect, family=ld_family, label=f"accuracy within {band} px of a boundary",
               matched=MATCHED),
@@ -347,8 +362,8 @@ def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = METRICS):
 # --------------------------------------------------- re-judging committed tables (scripts/rejudge.py)
 def rejudge_claims(params: Mapping[str, Any], tables: Path,
                    table: pd.DataFrame) -> tuple[list[Claim], Callable[[Verdict], Verdict]]:
-    """The hook of :mod:`dla_repro.experiments.rejudge`: the claims the notebook declares (they depend on no
-    parameter); nothing is done to a verdict after ``study.judge``."""
+    """The hook of :mod:`dla_repro.experiments.rejudge`: the claims the notebook declares for the run's dataset
+    and budget (:func:`short_budget`); nothing is done to a verdict after ``study.judge``."""
     from ..rejudge import unchanged
 
-    return claims(), unchanged
+    return claims(small_descriptive=short_budget(params.get("dataset", ""), params.get("iterations", 0))), unchanged
