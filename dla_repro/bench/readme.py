@@ -38,7 +38,7 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, (bool,)):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
+        return f"{value:#.{digits}g}" if abs(value) < 10 ** (digits - 1) else f"{value:.0f}"
     return str(value)
 
 
