@@ -45,12 +45,17 @@ def test_bench_all_ci_writes_every_suite_with_sane_values(capsys):
         tables[suite] = df
 
     models = tables["models"]
-    assert sorted(models["impl"]) == ["dla_repro", "timm"] and (models["images_per_s"] > 0).all()
-    ours, ref = (models.loc[models["impl"] == i, "images_per_s"].item() for i in ("dla_repro", "timm"))
-    assert models["ratio"].iloc[0] == pytest.approx(ours / ref)
-    speedups = dict(zip(models["impl"], models["speedup_vs_timm_fp32"]))
-    assert speedups == pytest.approx({"dla_repro": ours / ref, "timm": 1.0})
-    assert models["peak_mem_MB"].isna().all() and (models["loss_rel_err"] == 0).all()  # fp32 against itself
+    assert list(models["setting"]) == ["fp32", "fp32", "bf16", "bf16"] and (models["images_per_s"] > 0).all()
+    rate = models.set_index(["setting", "impl"])["images_per_s"]
+    for setting, g in models.groupby("setting"):
+        assert sorted(g["impl"]) == ["dla_repro", "timm"]
+        assert g["ratio"].tolist() == pytest.approx([rate[setting, "dla_repro"] / rate[setting, "timm"]] * 2)
+    speedup = models.set_index(["setting", "impl"])["speedup_vs_timm_fp32"]
+    assert speedup["bf16", "dla_repro"] == pytest.approx(rate["bf16", "dla_repro"] / rate["fp32", "timm"])
+    assert speedup["fp32", "timm"] == 1 and models["peak_mem_MB"].isna().all()  # peak memory: CUDA only
+    loss_err = models.set_index(["setting", "impl"])["loss_rel_err"]
+    assert loss_err["fp32"].eq(0).all() and loss_err["bf16"].between(0, 0.05).all()  # bf16 autocast vs fp32
+    ours = rate["fp32", "dla_repro"]
     assert "(1 threads)" in models["hardware"].iloc[0]  # the CPU presets run one thread
 
     kernels = tables["kernels"]

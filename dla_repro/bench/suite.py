@@ -42,8 +42,8 @@ SUITES = ("models", "kernels", "data", "pipeline")
 PRESETS: Dict[str, Dict[str, dict]] = {
     "ci": dict(
         threads=1,
-        models=dict(variants=("dla46_c",), batch_size=2, image_size=32, settings=("fp32",), steps=1, warmup=0,
-                    rounds=1),
+        models=dict(variants=("dla46_c",), batch_size=2, image_size=32, settings=("fp32", "bf16"), steps=1,
+                    warmup=0, rounds=1),
         kernels=dict(image_size=4, iters=1, rounds=1, warmup=0, impls=("eager",)),
         data=dict(image_size=32, n=16, batch_size=8, num_workers=0, rounds=1, warmup=0, model="dla46_c",
                   model_batch_size=2),
@@ -52,7 +52,7 @@ PRESETS: Dict[str, Dict[str, dict]] = {
     "cpu": dict(
         threads=1,
         models=dict(variants=("dla34", "dla46_c"), batch_size=8, image_size=224, settings=("fp32",), steps=1,
-                    warmup=2, rounds=10),
+                    warmup=2, rounds=12),
         kernels=dict(image_size=16, iters=10, rounds=5, warmup=2, impls=("eager", "compile")),
         data=dict(image_size=224, n=128, batch_size=32, num_workers=0, rounds=3, warmup=1, model="dla34",
                   model_batch_size=8),
