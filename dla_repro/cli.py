@@ -3,7 +3,7 @@
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going] [--resume]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
-    dla-repro bench {models,synthetic,kernels} [--op NAME ...] [...]
+    dla-repro bench {models,kernels,data,pipeline,all,readme,synthetic} [--preset P] [--op NAME ...] [...]
     dla-repro report [--profile P]
     dla-repro replication OTHER_RESULTS [--reference DIR] [--profile P]
 """
@@ -130,31 +130,65 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.what == "models":
-        from .bench import bench_models
-
-        df = bench_models(
-            variants=args.variants, device=args.device, batch_size=args.batch_size,
-            image_size=args.image_size or 224, steps=args.steps,
-        )
-        name = args.name or f"models_{df.device.iloc[0]}"
-    elif args.what == "synthetic":
+    if args.what == "synthetic":  # the generator alone, its own table (bench data compares it with the model)
         from .bench import bench_synthetic
 
         df = bench_synthetic(image_sizes=[args.image_size] if args.image_size else [32, 64, 128])
-        name = args.name or "synthetic_cpu"
-    else:  # kernels
-        from .bench.kernels import bench_kernels, selection
+        print(df.to_string(index=False))
+        print(f"wrote {write_benchmark(df, args.name or 'synthetic_cpu')}")
+        return 0
+    if args.what == "readme":
+        return _bench_readme()
+    from .bench import suite
 
-        try:
+    try:
+        if args.what == "all":
+            suite.run_all(args.preset, args.device, run_pipeline=args.run)
+            return _bench_readme()
+        if args.what == "kernels":
+            from .bench.kernels import selection
+
             selection(args.op, args.impls, args.device)
-        except ValueError as exc:
-            print(f"dla-repro: error: {exc}", file=sys.stderr)
-            return 2
-        df = bench_kernels(args.op, args.device, image_size=args.image_size, impls=args.impls)
-        name = args.name or f"kernels_{df.device.iloc[0]}"
+        overrides = dict(
+            models=dict(variants=args.variants, batch_size=args.batch_size, image_size=args.image_size,
+                        steps=args.steps, settings=args.settings),
+            kernels=dict(ops=args.op, image_size=args.image_size, impls=args.impls),
+            data=dict(image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers),
+            pipeline=dict(run=args.run),
+        )[args.what]  # fmt: skip
+        df = suite.run_suite(args.what, args.preset, args.device, **overrides)
+    except (ValueError, RuntimeError) as exc:
+        print(f"dla-repro: error: {exc}", file=sys.stderr)
+        return 2
     print(df.to_string(index=False))
-    print(f"wrote {write_benchmark(df, name)}")
+    out = suite.write_suite(args.what, df, args.name, args.device)
+    print(f"wrote {out['csv']}" + (f" and {out['figure']}" if out["figure"] else ""))
+    return 0
+
+
+def _bench_readme() -> int:
+    """Redraw each suite's figure from its CSV and regenerate README's performance tables."""
+    import pandas as pd
+
+    from .bench.figures import plot_suite
+    from .bench.readme import SUITES, render, suite_csvs, update_readme
+    from .paths import repo_root, results_dir
+
+    folder = results_dir() / "benchmarks"
+    for name in SUITES:
+        for csv in suite_csvs(folder, name):
+            df = pd.read_csv(csv)
+            if len(df):
+                plot_suite(name, df, csv.with_suffix(".png"))
+                print(f"drew {csv.with_suffix('.png')}")
+    block = render(folder)
+    readme = repo_root() / "README.md"
+    # Only the committed tables may rewrite README (not a results folder chosen with DLA_REPRO_RESULTS).
+    if results_dir() == (repo_root() / "results").resolve() and readme.is_file():
+        changed = update_readme(readme, block)
+        print(f"{'updated' if changed else 'unchanged'}: {readme} (performance tables)")
+    else:
+        print(block)
     return 0
 
 
@@ -224,17 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the URLs and the command, start nothing")
     p.set_defaults(func=_cmd_ui)
 
-    p = sub.add_parser("bench", help="throughput benchmarks, written to results/benchmarks/")
-    p.add_argument("what", choices=["models", "synthetic", "kernels"])
-    p.add_argument("--variants", nargs="+", default=["dla34", "dla46_c"])
+    p = sub.add_parser("bench", help="benchmarks: CSV + figure per suite in results/benchmarks/, README's tables")
+    p.add_argument("what", choices=["models", "kernels", "data", "pipeline", "all", "readme", "synthetic"],
+                   help="a suite; all: every suite, then readme; readme: figures and README's tables from the "
+                        "CSVs; synthetic: the data generator alone")
+    p.add_argument("--preset", choices=["ci", "cpu", "gpu"], default=None,
+                   help="sizes of every suite (dla_repro/bench/suite.py; default: gpu on CUDA, else cpu)")
+    p.add_argument("--variants", nargs="+", default=None)
+    p.add_argument("--settings", nargs="+", default=None,
+                   help="models: fp32 bf16 channels_last compile fast_path (default: all on CUDA, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None,
-                   help="models: 224; synthetic: 32, 64 and 128; kernels: H = W of each op's default shapes")
-    p.add_argument("--steps", type=int, default=5)
+                   help="models, data: pixels; synthetic: 32, 64 and 128; kernels: H = W of each op's shapes")
+    p.add_argument("--steps", type=int, default=None)
     p.add_argument("--op", nargs="+", default=None, metavar="NAME", help="kernels: ops of the table (default: all)")
     p.add_argument("--impls", nargs="+", default=None, metavar="IMPL",
                    help="kernels: triton, eager, compile (default: all on CUDA, eager and compile on CPU)")
+    p.add_argument("--workers", type=int, default=None, help="data: DataLoader workers")
+    p.add_argument("--run", action="store_true",
+                   help="pipeline, all: also run the smoke profile now, isolated in a scratch folder")
     p.add_argument("--name", default=None, help="output file stem")
     p.set_defaults(func=_cmd_bench)
 

@@ -10,7 +10,7 @@ from typing import List, Tuple, Union
 
 import torch
 
-__all__ = ["PEAK_BANDWIDTH_GBPS", "bench_device", "hardware_string", "peak_bandwidth_gbps"]
+__all__ = ["PEAK_BANDWIDTH_GBPS", "bench_device", "gpu_slug", "hardware_slug", "hardware_string", "peak_bandwidth_gbps"]
 
 #: Peak DRAM bandwidth (GB/s, vendor data sheets), matched in order against
 #: ``torch.cuda.get_device_name``; the first pattern that matches wins.
@@ -62,3 +62,23 @@ def peak_bandwidth_gbps(device_name: str) -> float:
         if re.search(pattern, device_name):
             return gbps
     return math.nan
+
+
+def hardware_slug(device: Union[str, torch.device] = "cpu") -> str:
+    """The short name in a benchmark's file name (``models_<slug>.csv``): ``cpu``, or the GPU's model.
+
+    A GPU of :data:`PEAK_BANDWIDTH_GBPS` gets its label (``NVIDIA H100 80GB HBM3`` ->
+    ``h100-sxm``, ``NVIDIA H200`` -> ``h200``); another GPU its name, lower case, words
+    joined by ``-``.  All CPUs share ``cpu`` (the CPU model is in each row).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    return gpu_slug(torch.cuda.get_device_name(device))
+
+
+def gpu_slug(device_name: str) -> str:
+    """:func:`hardware_slug` of a GPU by its name (``torch.cuda.get_device_name``)."""
+    label = next((label for pattern, _, label in PEAK_BANDWIDTH_GBPS if re.search(pattern, device_name)), None)
+    name = label or re.sub(r"^nvidia\s+", "", device_name, flags=re.I)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"

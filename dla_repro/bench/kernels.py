@@ -12,8 +12,10 @@ op's ``bytes_moved`` -- the least traffic *any* implementation must move::
     frac_peak = GBps / peak_GBps          (peak from :data:`.hardware.PEAK_BANDWIDTH_GBPS`;
                                            NaN for a GPU not in the table and on CPU)
 
-``speedup_vs_eager`` compares forward + backward times; ``max_abs_err`` is the
-largest forward difference from the eager reference.  On a CPU the Triton
+``speedup_vs_eager`` / ``speedup_vs_compile`` compare forward + backward times
+with the eager reference's / the compiled reference's (``fwd_speedup_vs_*``:
+forward times); ``max_abs_err`` is the largest forward difference from the
+eager reference; ``goal`` / ``goal_met``: the GPU goals of :mod:`.goals`.  On a CPU the Triton
 kernel is left out by default (it would run in Triton's interpreter).
 """
 
@@ -27,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..kernels import LAYOUTS, OPS, KernelOp, get_op, to_layout
+from .goals import GOAL_COLUMNS, judge
 from .hardware import bench_device, hardware_string, peak_bandwidth_gbps
 from .timing import check_repeats, time_interleaved
 
@@ -50,11 +53,15 @@ COLUMNS = [
     "fwd_frac_peak",
     "fwd_bwd_frac_peak",
     "speedup_vs_eager",
+    "fwd_speedup_vs_eager",
+    "speedup_vs_compile",
+    "fwd_speedup_vs_compile",
     "max_abs_err",
     "iters",
     "rounds",
     "torch",
     "triton",
+    *GOAL_COLUMNS,
 ]
 
 
@@ -178,7 +185,7 @@ def bench_kernels(
             results = _measure(op, fns, shape, dtype, layout, device, generator, iters, rounds, warmup)
             for impl, r in results.items():
                 interpreted = impl == "triton" and device.type != "cuda"
-                eager = results.get("eager")
+                eager, compiled = results.get("eager"), results.get("compile")
                 rows.append(dict(
                     r,
                     op=op.name,
@@ -192,9 +199,12 @@ def bench_kernels(
                     fwd_frac_peak=r["fwd_GBps"] / peak,
                     fwd_bwd_frac_peak=r["fwd_bwd_GBps"] / peak,
                     speedup_vs_eager=eager["fwd_bwd_ms"] / r["fwd_bwd_ms"] if eager else math.nan,
+                    fwd_speedup_vs_eager=eager["fwd_ms"] / r["fwd_ms"] if eager else math.nan,
+                    speedup_vs_compile=compiled["fwd_bwd_ms"] / r["fwd_bwd_ms"] if compiled else math.nan,
+                    fwd_speedup_vs_compile=compiled["fwd_ms"] / r["fwd_ms"] if compiled else math.nan,
                     iters=iters,
                     rounds=rounds,
                     torch=torch.__version__,
                     triton=_triton_version(),
                 ))  # fmt: skip
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return judge(pd.DataFrame(rows, columns=COLUMNS), "kernels", device.type == "cuda")
