@@ -46,6 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     pipe = pipeline.load_pipeline(args.pipeline)
     jobs = pipeline.plan(args.names, args.profile, args.param, args.data_root, pipeline=pipe, resume=args.resume)
+    pipeline.check_machine(pipe, args.profile)
     for job in jobs:
         for warning in job.warnings:
             print(f"dla-repro: warning: {warning}", file=sys.stderr)

@@ -50,8 +50,9 @@ from . import interrupts, tracking
 from .execution import Console, ProgressTail, folder_size, output_to_log, promote, staging_dir, update_manifest
 from .paths import notebooks_dir, results_dir
 
-PROFILES = ("smoke", "quick", "extended", "paper")
-REQUIRED_PROFILES = ("smoke", "quick", "paper")  # a pipeline file must define these; `extended` is optional
+PROFILES = ("smoke", "quick", "extended", "paper", "gpu")
+REQUIRED_PROFILES = ("smoke", "quick", "paper")  # a pipeline file must define these; `extended` and `gpu` are optional
+REQUIREMENTS = ("cuda",)  # what a profile may require of the machine (its `requires:`)
 RESERVED = {"profile", "data_root", "resume"}  # filled in by the pipeline itself (--profile, --data-root, --resume)
 
 
@@ -132,6 +133,23 @@ class Parameter:
     type: str
     default: Any
     help: str
+
+
+def check_machine(pipeline: Pipeline, profile: str, cuda: bool | None = None) -> None:
+    """A :class:`PipelineError` when this machine lacks what ``profile`` requires (its ``requires:`` in the
+    pipeline file; ``cuda``: a CUDA device, e.g. the ``gpu`` profile) -- raised before anything runs."""
+    required = (pipeline.profiles.get(profile) or {}).get("requires")
+    if required is None:
+        return
+    if required not in REQUIREMENTS:
+        raise PipelineError(f"profile {profile!r} requires {required!r}; known requirements: {list(REQUIREMENTS)}")
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise PipelineError(f"profile {profile!r} needs a CUDA device and this machine has none "
+                            "(torch.cuda.is_available() is False); nothing was run")
 
 
 def notebook_parameters(path: Path) -> dict[str, Parameter]:

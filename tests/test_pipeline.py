@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -81,6 +82,29 @@ def test_the_extended_profile_is_optional_in_a_pipeline_file_and_named_when_miss
     with pytest.raises(pipeline.PipelineError, match="'extended' is not defined in the pipeline file"):
         pipeline.plan(["good"], "extended", pipeline=pipe)
     assert "extended" in pipeline.load_pipeline().profiles  # the repository's defines it
+
+
+def test_a_profile_that_requires_cuda_is_refused_without_it_before_anything_runs(pipe_file, capsys):
+    spec = yaml.safe_load(pipe_file.read_text())
+    spec["profiles"]["gpu"] = {"requires": "cuda", "defaults": {"epochs": 7}}
+    pipe_file.write_text(yaml.safe_dump(spec))
+    pipe = pipeline.load_pipeline(pipe_file)
+    (job,) = pipeline.plan(["good"], "gpu", pipeline=pipe)  # planning needs no GPU
+    assert job.parameters["epochs"] == 7
+    pipeline.check_machine(pipe, "gpu", cuda=True)
+    pipeline.check_machine(pipe, "quick", cuda=False)  # no requirement
+    with pytest.raises(pipeline.PipelineError, match="needs a CUDA device"):
+        pipeline.check_machine(pipe, "gpu", cuda=False)
+    if not torch.cuda.is_available():
+        assert cli.main(["--pipeline", str(pipe_file), "run", "good", "--profile", "gpu"]) != 0
+        assert "needs a CUDA device" in capsys.readouterr().err
+        assert not (results_dir() / "manifest_gpu.json").exists()
+    spec["profiles"]["gpu"]["requires"] = "tpu"
+    pipe_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(pipeline.PipelineError, match="known requirements"):
+        pipeline.check_machine(pipeline.load_pipeline(pipe_file), "gpu", cuda=True)
+    # the repository's gpu profile: every notebook plans in it (test_notebooks), and it asks for CUDA
+    assert pipeline.load_pipeline().profiles["gpu"]["requires"] == "cuda"
 
 
 def test_cli_override_routes_to_declaring_notebooks_only(pipe_file):
