@@ -111,7 +111,8 @@ CLAIM_BAND = 2  # the boundary-band width the claim reads (px)
 SMALL_AREA = {"synthetic": 64, "real": 32 * 32}
 METRICS = ("eval_miou", "eval_small_iou", f"eval_band_acc_{CLAIM_BAND}px")
 #: The synthetic budget from which the small-object claims are judged: the pilot's ``fcn`` baseline has begun to
-#: segment small objects (its small-object IoU: 0.026 at 200 updates, 0.072 at 400, per-seed sd 0.004 at both;
+#: segment small objects (its small-object IoU: 0.016 at 150 updates, 0.026 at 200, 0.072 at 400, per-seed sd
+#: 0.004 at 200 and 400;
 #: ``results/tables/pilot/pilot_runs.csv``).  Shorter runs describe those claims without a verdict.
 SMALL_BUDGET = 400
 
