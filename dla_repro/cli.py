@@ -78,8 +78,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"to use the repository's store)", file=sys.stderr)
         return 2
     print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.tracking_uri()}"
-          + (" (resuming)" if args.resume else ""))
-    with _sigterm_as_interrupt(), mock.patch.dict(os.environ, executor):
+          + (" (resuming)" if args.resume else "")
+          + (f", sweeps as Ray tasks on {args.address or 'a local Ray instance per notebook'}"
+             if args.executor == "ray" else ""))
+    with _sigterm_as_interrupt(), mock.patch.dict(os.environ, executor) if executor else contextlib.nullcontext():
         results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)
     failed = [r for r in results if r.status == pipeline.FAILED]
     interrupted = [r for r in results if r.status == pipeline.INTERRUPTED]
