@@ -67,6 +67,7 @@ def test_a_task_gets_the_callers_tracking_environment_and_a_gpu_only_on_cuda(mon
 
     assert executors._gpus(["cpu", "cuda", "cuda:0", "auto"], 2, "s") == [0, 1, 1, 1]
     assert executors._gpus(["cpu", "auto"], 0, "s") == [0, 0]
+    assert executors._gpus(["cuda", "cpu"], 1, "s", share=0.125) == [0.125, 0]  # eight side by side on a GPU
     with pytest.raises(RuntimeError, match="need a GPU, and the Ray cluster has none"):
         executors._gpus(["cuda"], 0, "s")
 

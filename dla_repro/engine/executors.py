@@ -8,8 +8,9 @@
 
 ``local`` is the default: a sweep trains in this process, or in ``workers`` spawned one-thread processes
 (:mod:`.workers`).  ``ray``: every job is one Ray task asking for one CPU -- and one GPU when its device is
-``cuda`` (``auto``: when the cluster has GPUs) -- run by a Ray worker with one torch thread, so a job gives the
-numbers it gives in a local one-thread worker.  The results come back in job order.
+``cuda`` (``auto``: when the cluster has GPUs), or ``gpu_share`` of one so that several share it -- run by a
+Ray worker with one torch thread, so a job gives the numbers it gives in a local one-thread worker.  The
+results come back in job order.
 
 Selection: ``sweep(executor=...)``, else ``TrainConfig.sweep_executor``, else ``DLA_REPRO_EXECUTOR`` (set by
 ``dla-repro run --executor ray``; a notebook's kernel inherits it), else ``local``.  The cluster: one this
@@ -129,9 +130,9 @@ def shutdown() -> None:
         _STATE.update(local=False, task=None)
 
 
-def _gpus(devices: Sequence[str], cluster_gpus: float, label: str) -> list[int]:
-    """One GPU for a job on ``cuda`` (and on ``auto`` when the cluster has GPUs), none on ``cpu``."""
-    wanted = [1 if d.startswith("cuda") or (d == "auto" and cluster_gpus >= 1) else 0 for d in devices]
+def _gpus(devices: Sequence[str], cluster_gpus: float, label: str, share: float = 1.0) -> list[float]:
+    """``share`` of a GPU for a job on ``cuda`` (and on ``auto`` when the cluster has GPUs), none on ``cpu``."""
+    wanted = [share if d.startswith("cuda") or (d == "auto" and cluster_gpus >= 1) else 0 for d in devices]
     if any(wanted) and cluster_gpus < 1:
         raise RuntimeError(f"{label}: trainings on device 'cuda' need a GPU, and the Ray cluster has none "
                            "(use device='auto' or 'cpu', or a cluster with GPU nodes)")
@@ -160,11 +161,12 @@ def _cancel(ray, refs: list, grace_s: float) -> None:
 
 def map_on_ray(function: Callable[..., Any], jobs: Sequence[tuple], *, shared: Any = None,
                environ: Mapping[str, str] | None = None, label: str = "ray", names: Sequence[str] | None = None,
-               devices: Sequence[str] | None = None, address: str | None = None,
+               devices: Sequence[str] | None = None, gpu_share: float = 1.0, address: str | None = None,
                local_cpus: int | None = None) -> list[Any]:
     """``[function(shared, *job) for job in jobs]``, each job a Ray task with ``environ`` added to its environment.
 
-    ``devices[k]`` (default ``cpu``) decides whether job k asks for a GPU; ``names[k]`` names its task.
+    ``devices[k]`` (default ``cpu``) decides whether job k asks for a GPU -- ``gpu_share`` of one (0.125: eight
+    jobs side by side on each GPU); ``names[k]`` names its task.
     ``function`` and ``shared`` must pickle (cloudpickle); ``shared`` is stored once in the object store.
     See the module docstring for the cluster, the environment and faults.
     """
@@ -173,7 +175,8 @@ def map_on_ray(function: Callable[..., Any], jobs: Sequence[tuple], *, shared: A
     names = list(names) if names is not None else [f"job {k}" for k in range(len(jobs))]
     where = _connect(ray, address, local_cpus)
     resources = ray.cluster_resources()
-    gpus = _gpus(list(devices) if devices is not None else ["cpu"] * len(jobs), resources.get("GPU", 0), label)
+    gpus = _gpus(list(devices) if devices is not None else ["cpu"] * len(jobs), resources.get("GPU", 0), label,
+                 gpu_share)
     env_vars = {k: str(v) for k, v in (environ or {}).items()}
     if _STATE["local"]:  # the same machine: the workers import what this process imports
         env_vars["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

@@ -170,8 +170,8 @@ def sweep(
     or Ctrl-C in any training stops them all.
 
     ``executor`` (default: ``config.sweep_executor``, else ``$DLA_REPRO_EXECUTOR``, else ``"local"``):
-    ``"local"`` is the above; ``"ray"`` makes every (trial, seed) a Ray task with one CPU (and one GPU on
-    ``cuda``) and one thread, on the cluster of ``$DLA_REPRO_RAY_ADDRESS`` or on a local Ray instance with
+    ``"local"`` is the above; ``"ray"`` makes every (trial, seed) a Ray task with one CPU (and on ``cuda`` one
+    GPU, or 1/``workers`` of one when ``workers`` > 1 share it) and one thread, on the cluster of ``$DLA_REPRO_RAY_ADDRESS`` or on a local Ray instance with
     ``workers`` CPUs -- the same rows, numbers and MLflow runs as the local workers give
     (:mod:`dla_repro.engine.executors`).
     """
@@ -190,6 +190,7 @@ def sweep(
     if executor == "ray":
         import_ray()  # missing: say so before any run is opened
     jobs = [(trial, seed) for trial in trials for seed in seeds]
+    gpu_share = 1.0 / workers if workers > 1 else 1.0  # several trainings side by side on one GPU, as locally
     workers = resolve_workers(workers, config.device, len(jobs))
     shared = {"sweep": name, "seeds": list(seeds), "trials": names, **config.params(), **(params or {})}
     with tracking.sweep_run(name, shared, resume=config.resume) as parent:
@@ -199,7 +200,7 @@ def sweep(
             done = map_on_ray(_train_job, jobs, shared=context, environ=worker_environ(parent_id), label=name,
                               names=[f"{trial.name} seed={seed}" for trial, seed in jobs],
                               devices=[str(trial.config.get("device", config.device)) for trial, _ in jobs],
-                              local_cpus=workers)
+                              gpu_share=gpu_share, local_cpus=workers)
         elif workers > 1:  # spawned one-thread workers; their runs nest under this one (see engine.workers)
             done = map_in_workers(_train_job, jobs, workers, shared=context, environ=tracking_environ(parent_id),
                                   label=name)
