@@ -2,6 +2,7 @@
 
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going] [--resume]
+                  [--executor {local,ray}] [--address HOST:PORT]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
     dla-repro bench {models,kernels,data,pipeline,all,readme,synthetic} [--preset P] [--op NAME ...] [...]
     dla-repro report [--profile P]
@@ -41,9 +42,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def executor_environ(args: argparse.Namespace) -> dict[str, str]:
+    """What ``--executor`` / ``--address`` tell the notebooks' sweeps, through their kernels' environment."""
+    from .engine import executors
+
+    if args.address and args.executor != "ray":
+        raise pipeline.PipelineError("--address HOST:PORT names a Ray cluster: use it with --executor ray")
+    values = {executors.EXECUTOR_ENV: args.executor} if args.executor else {}
+    if args.executor == "ray":
+        executors.import_ray()  # not installed: say so before anything runs
+        if args.address:
+            values[executors.ADDRESS_ENV] = args.address
+    return values
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from unittest import mock
+
     from . import recovery
 
+    try:
+        executor = executor_environ(args)
+    except ImportError as exc:
+        print(f"dla-repro: error: {exc}; nothing was run", file=sys.stderr)
+        return 2
     pipe = pipeline.load_pipeline(args.pipeline)
     jobs = pipeline.plan(args.names, args.profile, args.param, args.data_root, pipeline=pipe, resume=args.resume)
     pipeline.check_machine(pipe, args.profile)
@@ -56,8 +78,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"to use the repository's store)", file=sys.stderr)
         return 2
     print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.tracking_uri()}"
-          + (" (resuming)" if args.resume else ""))
-    with _sigterm_as_interrupt():
+          + (" (resuming)" if args.resume else "")
+          + (f", sweeps as Ray tasks on {args.address or 'a local Ray instance per notebook'}"
+             if args.executor == "ray" else ""))
+    with _sigterm_as_interrupt(), mock.patch.dict(os.environ, executor) if executor else contextlib.nullcontext():
         results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)
     failed = [r for r in results if r.status == pipeline.FAILED]
     interrupted = [r for r in results if r.status == pipeline.INTERRUPTED]
@@ -251,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the latest interrupted execution of each notebook (same parameters) "
                         "from its checkpoints, in the same MLflow runs")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where a notebook's sweeps train: local processes (the default) or Ray tasks "
+                        "(needs the 'scale' extra)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="with --executor ray: the Ray cluster to use (default: a local Ray instance per notebook)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")

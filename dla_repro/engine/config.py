@@ -63,9 +63,9 @@ AMP_DTYPES = ("bfloat16", "float16")
 # Fields that change how a run is *watched* or *where* its files go, not what it
 # computes: not logged as MLflow params and not compared on resume (resuming sets
 # ``resume=True``; ``val_every`` only decides how often the model is scored -- evaluation touches no weight and
-# every epoch re-seeds its streams --; ``sweep_workers`` only decides how many trainings of a sweep run side by side; the checkpoint folder is per execution and holds an absolute path,
+# every epoch re-seeds its streams --; ``sweep_workers`` and ``sweep_executor`` only decide how many trainings of a sweep run side by side, and where; the checkpoint folder is per execution and holds an absolute path,
 # which would make identical configurations from two clones look different).
-RUNTIME_ONLY = ("resume", "progress", "ckpt_dir", "sweep_workers", "val_every")
+RUNTIME_ONLY = ("resume", "progress", "ckpt_dir", "sweep_workers", "val_every", "sweep_executor")
 GROUP_KEYS = ("lr_scale", "weight_decay", "every")
 
 
@@ -111,6 +111,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     sweep_workers: int = 1  # trainings a sweep runs at once, one thread each (0: one per CPU core; see engine.sweep)
+    sweep_executor: str = ""  # "local" or "ray" ("": $DLA_REPRO_EXECUTOR, else local; see engine.executors)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -123,6 +124,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
             raise ValueError(f"val_every={self.val_every!r}: expected 0 (after the last epoch only) or a positive count")
+        if self.sweep_executor not in ("", "local", "ray"):
+            raise ValueError(f"sweep_executor={self.sweep_executor!r}: expected 'local', 'ray' or '' (the default)")
         if self.iterations < 0:
             raise ValueError(f"iterations={self.iterations}: expected 0 (train for epochs) or a positive count")
         if not isinstance(self.param_groups, Mapping):

@@ -40,6 +40,7 @@ from .. import tracking
 from ..paths import work_dir
 from . import progress
 from .config import TrainConfig
+from .executors import import_ray, map_on_ray, resolve_executor, worker_environ
 from .loop import FitResult, fit
 from .seed import seed_everything
 from .workers import map_in_workers, tracking_environ
@@ -146,6 +147,7 @@ def sweep(
     evaluate: EvaluateHook | None = None,
     extra: EvaluateHook | None = None,
     workers: int | None = None,
+    executor: str | None = None,
 ) -> SweepResult:
     """Train every trial with every seed under a parent MLflow run called ``name``.
 
@@ -166,6 +168,12 @@ def sweep(
     gives the same numbers in any worker (one thread each); a serial sweep uses
     this process's threads, so its numbers may differ in the last bits.  A failure
     or Ctrl-C in any training stops them all.
+
+    ``executor`` (default: ``config.sweep_executor``, else ``$DLA_REPRO_EXECUTOR``, else ``"local"``):
+    ``"local"`` is the above; ``"ray"`` makes every (trial, seed) a Ray task with one CPU (and on ``cuda`` one
+    GPU, or 1/``workers`` of one when ``workers`` > 1 share it) and one thread, on the cluster of ``$DLA_REPRO_RAY_ADDRESS`` or on a local Ray instance with
+    ``workers`` CPUs -- the same rows, numbers and MLflow runs as the local workers give
+    (:mod:`dla_repro.engine.executors`).
     """
     names = [t.name for t in trials]
     if len(set(names)) != len(names):
@@ -178,13 +186,22 @@ def sweep(
     if workers < 0:
         raise ValueError(f"sweep {name!r}: workers={workers}: expected 0 (one per CPU core) or a positive count")
     evaluate = evaluate or extra
+    executor = resolve_executor(executor or config.sweep_executor or None)
+    if executor == "ray":
+        import_ray()  # missing: say so before any run is opened
     jobs = [(trial, seed) for trial in trials for seed in seeds]
+    gpu_share = 1.0 / workers if workers > 1 else 1.0  # several trainings side by side on one GPU, as locally
     workers = resolve_workers(workers, config.device, len(jobs))
     shared = {"sweep": name, "seeds": list(seeds), "trials": names, **config.params(), **(params or {})}
     with tracking.sweep_run(name, shared, resume=config.resume) as parent:
         parent_id = parent.info.run_id if parent is not None else None
         context = _Context(name, data, config, task, evaluate)
-        if workers > 1:  # spawned one-thread workers; their runs nest under this one (see engine.workers)
+        if executor == "ray":  # one Ray task per training; its runs nest under this one (see engine.executors)
+            done = map_on_ray(_train_job, jobs, shared=context, environ=worker_environ(parent_id), label=name,
+                              names=[f"{trial.name} seed={seed}" for trial, seed in jobs],
+                              devices=[str(trial.config.get("device", config.device)) for trial, _ in jobs],
+                              gpu_share=gpu_share, local_cpus=workers)
+        elif workers > 1:  # spawned one-thread workers; their runs nest under this one (see engine.workers)
             done = map_in_workers(_train_job, jobs, workers, shared=context, environ=tracking_environ(parent_id),
                                   label=name)
         else:
