@@ -72,3 +72,17 @@ def test_dev_extra_is_locked_too():
     lock = _lock()
     for dep in project["optional-dependencies"]["dev"]:
         assert _norm(Requirement(dep).name) in lock
+
+
+def test_team_extra_is_locked_within_its_range_with_its_own_extras():
+    """`make setup` installs the lock, so the team server's PostgreSQL driver (and psycopg's `binary` part)
+    is there for tests/test_team_server.py in CI."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = _lock()
+    for dep in project["optional-dependencies"]["team"]:
+        req = Requirement(dep)
+        name = _norm(req.name)
+        assert name in lock and req.specifier.contains(lock[name], prereleases=True), f"lock lacks {dep}"
+        if name == "psycopg" and "binary" in req.extras:  # psycopg[binary] is psycopg-binary, same version
+            extra = "binary"
+            assert lock.get(f"{name}-{_norm(extra)}") == lock[name], f"lock lacks {name}-{extra}=={lock[name]}"
