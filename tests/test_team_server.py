@@ -226,7 +226,7 @@ class Server:
         env["MLFLOW_BACKEND_STORE_URI"] = backend_uri  # the README's way: the password stays off command lines
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dla_repro.cli", "ui", "--serve", "--port", str(self.port), "--workers", "2",
+                [sys.executable, "-m", "dla_repro.cli", "ui", "--serve", "--port", str(self.port), "--workers", "1",
                  "--artifacts-destination", str(artifacts)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
