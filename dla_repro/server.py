@@ -132,7 +132,7 @@ def run(command: ServerCommand) -> int:
     The server (``mlflow server`` and its uvicorn workers) gets a process group of its own, which
     is stopped as a whole: a worker is never left serving after this command ended.
     """
-    if not command.artifacts.count("://"):
+    if not _scheme(command.artifacts):  # a folder of this machine
         Path(command.artifacts).mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(command.argv, env=command.env, start_new_session=True)
 

@@ -91,6 +91,12 @@ def test_an_unreachable_database_is_one_line_before_anything_starts(capsys, tmp_
     assert "pw@" not in captured.err and not (tmp_path / "a").exists()
 
 
+def test_a_missing_driver_names_the_team_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    problem = server.backend_problem("postgresql://mlflow:pw@127.0.0.1:5432/mlflow")
+    assert problem is not None and "team extra" in problem and "pip install -e '.[team]'" in problem
+
+
 def test_uris_are_shown_without_passwords():
     assert tracking.redacted_uri("postgresql+psycopg://u:p%40ss@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
     assert tracking.redacted_uri("http://alice:pw@mlflow:5000") == "http://alice:***@mlflow:5000"
@@ -319,7 +325,7 @@ PROGRESS = re.compile(r"\d\d:\d\d:\d\d (?P<run>.+ seed=\d+)  epoch (?P<epoch>\d+
 
 @pytest.mark.slow
 @pytest.mark.notebook
-@pytest.mark.timeout(1800)  # apt-get install included; the test itself takes about two minutes
+@pytest.mark.timeout(1800)  # apt-get install included; the test itself: about 90 s of CPU (README: Tests)
 def test_two_notebooks_at_once_on_a_postgres_server_lose_nothing(postgres, tmp_path, record_property):
     t0 = time.monotonic()
     if postgres.apt_seconds is not None:
