@@ -3,7 +3,7 @@
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going] [--resume]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
-    dla-repro ui --serve --backend-store-uri postgresql://USER@HOST:PORT/DB --artifacts-destination DIR [--host H] [--port P]
+    dla-repro ui --serve --backend-store-uri postgresql://USER@HOST:PORT/DB --artifacts-destination DIR [...]
     dla-repro bench {models,synthetic,kernels} [--op NAME ...] [...]
     dla-repro report [--profile P]
     dla-repro replication OTHER_RESULTS [--reference DIR] [--profile P]
@@ -55,7 +55,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"dla-repro: error: {problem}; nothing was run (start the server, or unset MLFLOW_TRACKING_URI "
               f"to use the repository's store)", file=sys.stderr)
         return 2
-    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.redacted_uri(tracking.tracking_uri())}"
+    store = tracking.redacted_uri(tracking.tracking_uri())
+    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {store}"
           + (" (resuming)" if args.resume else ""))
     with _sigterm_as_interrupt():
         results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)

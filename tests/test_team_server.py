@@ -183,7 +183,8 @@ class Cluster:
 
         with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", password=self.password,
                              dbname="postgres", autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+            role = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password))
+            conn.execute(role)
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(user)))
         return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{name}"
 
