@@ -60,7 +60,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet '.[dev,scale]'
+	.lock-venv/bin/python -m pip install --quiet '.[dev,scale,team]'
 	( echo "# Exact versions used by 'make setup'. Regenerate with 'make lock' (see README)."; \
 	  .lock-venv/bin/python -m pip freeze --exclude dla_repro --exclude dla-repro ) > requirements/lock.txt
 	rm -rf .lock-venv

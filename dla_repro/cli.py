@@ -4,6 +4,7 @@
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going] [--resume]
                   [--executor {local,ray}] [--address HOST:PORT]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
+    dla-repro ui --serve --backend-store-uri postgresql://USER@HOST:PORT/DB --artifacts-destination DIR [...]
     dla-repro bench {models,kernels,data,pipeline,all,readme,synthetic} [--preset P] [--op NAME ...] [...]
     dla-repro report [--profile P]
     dla-repro replication OTHER_RESULTS [--reference DIR] [--profile P]
@@ -77,7 +78,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"dla-repro: error: {problem}; nothing was run (start the server, or unset MLFLOW_TRACKING_URI "
               f"to use the repository's store)", file=sys.stderr)
         return 2
-    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {tracking.tracking_uri()}"
+    store = tracking.redacted_uri(tracking.tracking_uri())
+    print(f"dla-repro: {len(jobs)} notebook(s), profile {args.profile!r}, MLflow store {store}"
           + (" (resuming)" if args.resume else "")
           + (f", sweeps as Ray tasks on {args.address or 'a local Ray instance per notebook'}"
              if args.executor == "ray" else ""))
@@ -127,6 +129,8 @@ def port_problem(host: str, port: int) -> str | None:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
+    if args.serve:
+        return _cmd_serve(args)
     if not args.dry_run:
         problem = port_problem(args.host, args.port)
         if problem is not None:
@@ -135,17 +139,49 @@ def _cmd_ui(args: argparse.Namespace) -> int:
             return 1
     uri = tracking.configure()
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {base} over {uri}")
+    print(f"MLflow UI on {base} over {tracking.redacted_uri(uri)}")
     for name, url in tracking.experiment_urls(base):
         print(f"  {name:<28} {url}")
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     cmd = [mlflow_bin or "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    if tracking._sqlite_path(uri) is not None:
+    if tracking._database_store(uri):
         cmd += ["--default-artifact-root", tracking.artifact_root().as_uri()]
     if args.dry_run:
         print(" ".join(cmd))
         return 0
     return subprocess.call(cmd)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """``ui --serve``: a team tracking server (``dla_repro.server``)."""
+    from . import server
+
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    try:
+        command = server.server_command(mlflow_bin or "mlflow", args.backend_store_uri, args.artifacts_destination,
+                                        args.host, args.port, args.workers, args.allowed_hosts)
+    except server.ServeError as exc:
+        print(f"dla-repro ui: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.dry_run:
+        problem = port_problem(args.host, args.port)
+        if problem is not None:
+            print(f"dla-repro ui: cannot listen on {args.host}:{args.port}: {problem}; choose a free port with "
+                  f"--port N", file=sys.stderr)
+            return 1
+        problem = server.backend_problem(command.backend_store_uri)
+        if problem is not None:
+            print(f"dla-repro ui: error: backend store: {problem}", file=sys.stderr)
+            return 2
+    for line in server.describe(command, args.host, args.port):
+        print(line)
+    warning = server.exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr)
+    if args.dry_run:
+        print(command.shown())
+        return 0
+    return server.run(command)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -286,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the URLs and the command, start nothing")
+    p.add_argument("--serve", action="store_true",
+                   help="a team tracking server instead: mlflow server (REST API, UI, artifact proxy) over a "
+                        "database; clients set MLFLOW_TRACKING_URI=http://HOST:PORT (README: Team tracking server)")
+    p.add_argument("--backend-store-uri", metavar="URI", default=None,
+                   help="--serve: the runs' database, e.g. postgresql://USER@HOST:5432/DB "
+                        "(default: $MLFLOW_BACKEND_STORE_URI)")
+    p.add_argument("--artifacts-destination", metavar="DIR|URI", default=None,
+                   help="--serve: where the server keeps the runs' files (default: $MLFLOW_ARTIFACTS_DESTINATION)")
+    p.add_argument("--workers", type=int, default=None, help="--serve: server worker processes (MLflow's default: 4)")
+    p.add_argument("--allowed-hosts", default=None, metavar="HOSTS",
+                   help="--serve: Host headers the server accepts, e.g. mlflow.example:5000 (MLflow's default: "
+                        "localhost and private addresses)")
     p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("bench", help="benchmarks: CSV + figure per suite in results/benchmarks/, README's tables")

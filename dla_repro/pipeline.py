@@ -628,7 +628,7 @@ def record(job: Job, res: JobResult) -> Path:
 
 def _shown_uri(uri: str) -> str:
     db = tracking._sqlite_path(uri)
-    return f"sqlite:///{_shown(db)}" if db is not None else uri
+    return f"sqlite:///{_shown(db)}" if db is not None else tracking.redacted_uri(uri)
 
 
 def write_manifest(profile: str, jobs: Sequence[Job], results: Sequence[JobResult], wall: float) -> Path:

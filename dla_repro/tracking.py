@@ -75,6 +75,26 @@ def _sqlite_path(uri: str) -> Path | None:
     return None
 
 
+_DATABASES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
+
+
+def _database_store(uri: str) -> bool:
+    """Whether ``uri`` is a database this process writes to itself (not a tracking server): its
+    experiments get artifact locations under ``artifact_root()``, else MLflow would put artifacts in
+    ``./mlruns`` of whatever folder the process runs in (a notebook's, under papermill)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    return scheme.split("+", 1)[0].lower() in _DATABASES
+
+
+_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^/@:]*):[^/@]*@")
+
+
+def redacted_uri(uri: str) -> str:
+    """``uri`` with the password of its user part masked (``postgresql://mlflow:***@db:5432/mlflow``):
+    what is printed or written to a manifest."""
+    return _PASSWORD.sub(r"\g<head>:***@", uri)
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +158,8 @@ def get_or_create_experiment(name: str) -> str:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        location = None
-        if _sqlite_path(uri) is not None:
+        location = None  # a tracking server chooses (with --serve-artifacts: mlflow-artifacts:/, its proxy)
+        if _database_store(uri):
             location = (artifact_root() / name).as_uri()
         try:
             exp_id = client.create_experiment(

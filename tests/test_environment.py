@@ -82,3 +82,16 @@ def test_scale_extra_is_locked_within_its_range_so_ci_installs_ray():
         req = Requirement(dep)
         assert _norm(req.name) in lock, f"{req.name} is in the scale extra but not in requirements/lock.txt"
         assert req.specifier.contains(lock[_norm(req.name)], prereleases=True)
+
+
+def test_team_extra_is_locked_within_its_range_with_its_own_extras():
+    """`make setup` installs the lock, so the team server's PostgreSQL driver (and psycopg's `binary` part)
+    is there for tests/test_team_server.py in CI."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = _lock()
+    for dep in project["optional-dependencies"]["team"]:
+        req = Requirement(dep)
+        name = _norm(req.name)
+        assert name in lock and req.specifier.contains(lock[name], prereleases=True), f"lock lacks {dep}"
+        if name == "psycopg" and "binary" in req.extras:  # psycopg[binary] is psycopg-binary, same version
+            assert lock.get("psycopg-binary") == lock[name], f"lock lacks psycopg-binary=={lock[name]}"
