@@ -178,12 +178,14 @@ def train(args: argparse.Namespace) -> int:
         proc.send_signal(signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
+    interrupted = False
     try:
         while True:
             try:
-                return proc.wait()
+                status = proc.wait()
+                return 130 if interrupted else status  # as dla-repro run after Ctrl-C
             except KeyboardInterrupt:  # Ctrl-C reached torchrun too (same process group): wait for the ranks
-                continue
+                interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
 
