@@ -128,8 +128,7 @@ def rank_arguments(args: argparse.Namespace) -> list[str]:
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
     """``python -m torch.distributed.run ... -m dla_repro.launch ...`` for ``args`` (no restarts)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
-           "--max-restarts", "0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
     if args.nnodes == 1 and not args.rdzv_endpoint:
         cmd.append("--standalone")  # a local rendezvous on a free port
     else:
@@ -137,7 +136,8 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
                 "--rdzv-backend", args.rdzv_backend, "--rdzv-endpoint", args.rdzv_endpoint]
         if args.rdzv_id:
             cmd += ["--rdzv-id", args.rdzv_id]
-    return [*cmd, "-m", "dla_repro.launch", *rank_arguments(args)]
+    return [*cmd, "--nproc-per-node", str(args.nproc), "--max-restarts", "0",
+            "-m", "dla_repro.launch", *rank_arguments(args)]
 
 
 def check(args: argparse.Namespace) -> list[pipeline.Job]:

@@ -64,8 +64,8 @@ def test_train_runs_torchrun_on_the_rank_entry_point(toy_pipeline, capsys):
     assert cli.main(["--pipeline", str(toy_pipeline), "train", "ddp_toy", "--profile", "smoke", "--nproc", "2",
                      "-p", "epochs=2", "--resume", "--dry-run"]) == 0
     cmd = capsys.readouterr().out.split()
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"] and cmd[4] == "2"
-    assert "--standalone" in cmd and ["--max-restarts", "0"] == cmd[5:7]
+    assert cmd[1:8] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+                        "0"]
     rank = cmd[cmd.index("dla_repro.launch") + 1:]
     assert rank == ["ddp_toy", "--profile", "smoke", "-p", "epochs=2", "--resume", "--pipeline", str(toy_pipeline.resolve())]
 
