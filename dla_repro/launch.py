@@ -151,6 +151,7 @@ def check(args: argparse.Namespace) -> list[pipeline.Job]:
     pipe = pipeline.load_pipeline(args.pipeline)
     args.names = resolve_names(args.names, pipe)
     jobs = pipeline.plan(args.names, args.profile, args.param, args.data_root, pipeline=pipe, resume=args.resume)
+    pipeline.check_machine(pipe, args.profile)
     world = args.nproc * args.nnodes
     for job in jobs:
         declared = pipeline.notebook_parameters(Path(job.notebook)).get("batch_size")
