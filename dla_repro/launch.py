@@ -33,8 +33,9 @@ and its first ``fit`` joins the process group (``engine.distributed.setup``).
   process group; whatever else the notebook writes on those ranks (figures,
   tables, its own runs) duplicates rank 0's and is thrown away. Its terminal
   output is only a failure line.
-* Sweeps train one configuration at a time under DDP (``engine.sweep`` forces
-  ``workers=1``): the ranks train each (trial, seed) together.
+* Sweeps train one configuration at a time under DDP, in the rank's own process
+  (``engine.sweep`` forces ``workers=1`` and the local executor): the ranks train
+  each (trial, seed) together.
 * One rank failing -- an exception, a dead kernel, a kill -- fails the job:
   torchrun (``--max-restarts 0``) stops the other ranks with SIGTERM, which each
   rank takes like Ctrl-C (its runs are marked KILLED), and exits non-zero. A

@@ -147,6 +147,19 @@ def test_sweeps_are_serial_under_torchrun(monkeypatch):
     assert resolve_workers(0, "cpu", 5) == 1 and resolve_workers(4, "cpu", 5) == 1
 
 
+def test_a_sweep_in_a_process_group_trains_here_whatever_the_executor(tmp_path, monkeypatch):
+    """Every rank must train each (trial, seed) itself: no worker processes, no Ray tasks."""
+    _fast_store()
+    monkeypatch.setenv("DLA_REPRO_EXECUTOR", "ray")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        seen = ddp_toy.train("in-group", TrainConfig(epochs=1, batch_size=8, progress=False, sweep_workers=2,
+                                                     sweep_executor="ray"))
+    finally:
+        torch.distributed.destroy_process_group()
+    assert len(seen["steps"]) == 4  # trained in this process (the task recorded its steps)
+
+
 # --------------------------------------------------------------- real processes
 @pytest.mark.slow
 def test_two_processes_give_the_loss_curve_of_one(tmp_path):
