@@ -3,6 +3,7 @@
     dla-repro list [--profile P]
     dla-repro run [NAME ...] [--profile P] [-p key=value ...] [--data-root DIR] [--jobs N] [--keep-going] [--resume]
                   [--executor {local,ray}] [--address HOST:PORT]
+    dla-repro train NAME ... --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] [run's options]
     dla-repro ui [--host 127.0.0.1] [--port 5000]
     dla-repro ui --serve --backend-store-uri postgresql://USER@HOST:PORT/DB --artifacts-destination DIR [...]
     dla-repro bench {models,kernels,data,pipeline,all,readme,synthetic} [--preset P] [--op NAME ...] [...]
@@ -21,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import pipeline, tracking
+from . import launch, pipeline, tracking
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -317,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, metavar="HOST:PORT",
                    help="with --executor ray: the Ray cluster to use (default: a local Ray instance per notebook)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="a notebook's trainings on several processes or machines (torchrun, DDP; "
+                                     "see dla_repro/launch.py)")
+    launch.add_arguments(p)
+    p.set_defaults(func=launch.train)
 
     p = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1")

@@ -47,6 +47,14 @@ Shape Adaptor's schedule, whose official code steps the α every 20 iterations
 optimiser, in an extra forward/backward pass before the weights' step, where here
 both step together on that update). The spec is logged as one MLflow param
 holding its JSON.
+
+**Several processes** (``torchrun``, ``dla-repro train --nproc N``): ``batch_size``
+is the *global* batch -- each of the N ranks reads ``batch_size / N`` samples per
+update (a ``ValueError`` when N does not divide it), so the same config gives the
+same optimisation on any number of ranks. ``sync_bn=True`` turns every BatchNorm
+into ``nn.SyncBatchNorm`` when a process group exists (statistics over the global
+batch, as the DLA paper's segmentation trained); without a process group it
+changes nothing. PyTorch's SyncBatchNorm trains on GPUs only.
 """
 
 from __future__ import annotations
@@ -99,6 +107,7 @@ class TrainConfig:
     clip_grad: float | None = None  # max global grad norm
     ema: bool = False  # keep a timm ModelEmaV3 copy, evaluated as val_ema_*
     ema_decay: float = 0.9998
+    sync_bn: bool = False  # under DDP: BatchNorm statistics over all ranks (nn.SyncBatchNorm)
     # evaluation and checkpoints
     val_every: int = 1  # validate after every k-th epoch and after the last (0: after the last only)
     monitor: str | None = None  # metric that picks best.pt; None: the task's default
@@ -147,13 +156,14 @@ class TrainConfig:
         """The fields that define the trained configuration (logged, compared on resume).
 
         ``param_groups`` becomes one JSON string (its patterns are not valid MLflow
-        param names). ``iterations`` and ``param_groups`` appear only when set, so a
-        run that uses neither logs -- and resumes against -- the params it did
-        before they existed.
+        param names). ``iterations``, ``param_groups`` and ``sync_bn`` appear only when
+        set, so a run that uses none of them logs -- and resumes against -- the params
+        it did before they existed.
         """
         params = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_ONLY}
-        if not params["iterations"]:
-            del params["iterations"]
+        for key in ("iterations", "sync_bn"):
+            if not params[key]:
+                del params[key]
         groups = params.pop("param_groups")
         if groups:
             params["param_groups"] = json.dumps(groups)

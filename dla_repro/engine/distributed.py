@@ -7,7 +7,11 @@ CPU) and ``fit`` runs the same loop on every rank with:
 * the model wrapped in ``DistributedDataParallel`` (``wrap``);
 * each rank reading its own shard through a ``DistributedSampler``;
 * losses and metric accumulators summed over ranks (``all_sum`` / ``all_mean``);
-* MLflow logging, checkpoints and progress bars on rank 0 only (``DistInfo.is_main``).
+* MLflow logging, checkpoints and progress bars on rank 0 only (``DistInfo.is_main``);
+* ``TrainConfig.batch_size`` the global batch: ``per_rank_batch`` samples per rank and update;
+* optionally ``nn.SyncBatchNorm`` (``sync_batchnorm``, ``TrainConfig.sync_bn``);
+* on resume, rank 0's checkpoint handed to every rank (``broadcast_object``), so
+  the other ranks need no access to rank 0's checkpoint folder (another node).
 
 A process group created by the caller (e.g. a single-process gloo group in a test)
 is used as is. Without a process group everything here is a no-op.
@@ -77,3 +81,37 @@ def all_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def per_rank_batch(batch_size: int, info: DistInfo) -> int:
+    """Samples each rank reads per update when ``batch_size`` is the global batch (``ValueError`` if uneven)."""
+    if batch_size % info.world_size:
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch and must split evenly over the {info.world_size} "
+            f"processes (each would read {batch_size / info.world_size:g}); choose a multiple of {info.world_size}"
+        )
+    return batch_size // info.world_size
+
+
+def sync_batchnorm(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """``model`` with its BatchNorms as ``nn.SyncBatchNorm`` when a process group exists (else unchanged).
+
+    The conversion keeps parameters and buffers (and the ``state_dict`` keys), so
+    checkpoints load either way. PyTorch's SyncBatchNorm trains on GPUs only: on a
+    CPU process group this is a ``ValueError`` before anything trains.
+    """
+    if not info.enabled:
+        return model
+    if device.type == "cpu":
+        raise ValueError("sync_bn=True: PyTorch's SyncBatchNorm needs GPUs (it refuses CPU tensors); "
+                         "train on CPU with sync_bn=False (per-process BatchNorm statistics)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank (picklable; under NCCL it travels through the current GPU)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -12,7 +12,12 @@ If the bundle — or else the train dataset — has ``name`` and ``digest`` attr
 Datasets get a ``DistributedSampler`` always: with one replica it is simply a
 shuffle drawn from ``(seed, epoch)``, which is what exact resume needs; under DDP
 it also gives each rank its shard (the validation shard is padded with a few
-repeated samples to equal length, as DistributedSampler does).
+repeated samples to equal length, as DistributedSampler does). ``cfg.batch_size``
+is the global batch: each of N ranks reads ``batch_size / N`` training samples
+(``distributed.per_rank_batch``; evaluation rounds up). The N shards of one update's batches then hold
+exactly the samples of that update's batch in one process (rank r takes every
+N-th sample of the same seeded permutation), so with a training set that N
+divides, N ranks see the same batches as one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import TrainConfig
-from .distributed import DistInfo
+from .distributed import DistInfo, per_rank_batch
 from .seed import epoch_seed, worker_init_fn
 
 
@@ -75,7 +80,8 @@ def make_loader(
     )
     return DataLoader(
         data,
-        batch_size=cfg.batch_size,
+        # evaluation: any split will do (no update depends on it), so no error for an uneven one
+        batch_size=per_rank_batch(cfg.batch_size, dist) if train else -(-cfg.batch_size // dist.world_size),
         sampler=sampler,
         drop_last=train and cfg.drop_last,
         num_workers=cfg.num_workers,

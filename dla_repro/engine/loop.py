@@ -32,6 +32,16 @@ scratch in a new run, overwriting the checkpoints. A checkpoint written with oth
 parameters is refused (``CheckpointError``) rather than mixed into a run.
 
 On CPU a resumed run ends with the same metrics as an uninterrupted one, bit for bit.
+
+**Several processes** (``torchrun``; ``dla-repro train --nproc N``, see
+``dla_repro.launch``): every rank runs this loop on its shard (``distributed``);
+``batch_size`` is the global batch (``batch_size / N`` per rank), so N ranks give
+the same per-update losses as one process, to float rounding, when no BatchNorm
+sees a different batch (``sync_bn=True`` on GPUs, or no BatchNorm). Rank 0 alone
+opens the MLflow run, writes ``last.pt`` / ``best.pt``, logs and reports progress;
+every rank writes ``final.pt`` into its own ``ckpt_dir`` (the weights the caller
+gets back; identical on all ranks). On resume rank 0 reads ``last.pt`` and hands
+it to every rank, so all continue from the same state.
 """
 
 from __future__ import annotations
@@ -136,6 +146,8 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn:
+        model = distributed.sync_batchnorm(model, dist, device)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     train_loader = make_loader(bundle.train, cfg, dist, device, train=True)
     val_loader = make_loader(bundle.val, cfg, dist, device, train=False)
@@ -150,8 +162,10 @@ def fit(
     best = {"metric": monitor, "mode": mode, "value": None, "epoch": -1}
     if dist.is_main and ckpt_dir.is_dir():
         remove_stale_tmp(ckpt_dir)
-    if cfg.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)  # on CPU: RNG states must stay there; load_state_dict moves the rest
+    # Rank 0 decides whether to resume and hands its checkpoint to the other ranks (which may not see its disk).
+    ckpt = load_checkpoint(last_path) if cfg.resume and dist.is_main and last_path.exists() else None
+    ckpt = distributed.broadcast_object(ckpt, dist)  # on CPU: RNG states must stay there; load_state_dict moves the rest
+    if ckpt is not None:
         changed = sorted(
             k for k in run_params.keys() | ckpt["params"].keys()
             if k not in RUNTIME_ONLY and run_params.get(k) != ckpt["params"].get(k)
@@ -196,7 +210,8 @@ def fit(
         if run is not None:
             run_id = run.info.run_id
             config = {**cfg.to_dict(), "device": str(device), "amp": amp, "monitor": monitor, "monitor_mode": mode,
-                      "ckpt_dir": _shown_path(ckpt_dir), "num_epochs": epochs, "updates_per_epoch": updates_per_epoch}
+                      "ckpt_dir": _shown_path(ckpt_dir), "num_epochs": epochs, "updates_per_epoch": updates_per_epoch,
+                      "world_size": dist.world_size}
             _log_start(run_id, start == 0, bundle, history, config)
 
         for epoch in range(start, epochs):
@@ -258,11 +273,12 @@ def fit(
                     keys=list(dict.fromkeys(["train_loss", monitor]))))
 
         weights = ckpt_dir / "final.pt"
+        save_checkpoint(model.state_dict(), weights)  # every rank: the caller may load it (identical weights)
+        ema_weights = save_checkpoint(ema.module.state_dict(), ckpt_dir / "final_ema.pt") if ema is not None else None
         if dist.is_main:
-            save_checkpoint(model.state_dict(), weights)
             tracking.log_checkpoint(weights)
-            if ema is not None:
-                tracking.log_checkpoint(save_checkpoint(ema.module.state_dict(), ckpt_dir / "final_ema.pt"))
+            if ema_weights is not None:
+                tracking.log_checkpoint(ema_weights)
 
     return FitResult(
         history=pd.DataFrame(history),

@@ -23,6 +23,7 @@ is swept and measured.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import os
@@ -38,7 +39,7 @@ import torch
 
 from .. import tracking
 from ..paths import work_dir
-from . import progress
+from . import distributed, progress
 from .config import TrainConfig
 from .executors import import_ray, map_on_ray, resolve_executor, worker_environ
 from .loop import FitResult, fit
@@ -174,6 +175,10 @@ def sweep(
     GPU, or 1/``workers`` of one when ``workers`` > 1 share it) and one thread, on the cluster of ``$DLA_REPRO_RAY_ADDRESS`` or on a local Ray instance with
     ``workers`` CPUs -- the same rows, numbers and MLflow runs as the local workers give
     (:mod:`dla_repro.engine.executors`).
+
+    Under ``torchrun`` (several ranks) the sweep is always serial and local (no
+    worker processes, no Ray): every rank trains the same (trial, seed) together,
+    and only rank 0 opens the sweep's MLflow run.
     """
     names = [t.name for t in trials]
     if len(set(names)) != len(names):
@@ -186,14 +191,16 @@ def sweep(
     if workers < 0:
         raise ValueError(f"sweep {name!r}: workers={workers}: expected 0 (one per CPU core) or a positive count")
     evaluate = evaluate or extra
-    executor = resolve_executor(executor or config.sweep_executor or None)
+    dist = distributed.setup()  # under torchrun: train each (trial, seed) together, here; rank 0 records
+    executor = "local" if dist.enabled else resolve_executor(executor or config.sweep_executor or None)
     if executor == "ray":
         import_ray()  # missing: say so before any run is opened
     jobs = [(trial, seed) for trial in trials for seed in seeds]
     gpu_share = 1.0 / workers if workers > 1 else 1.0  # several trainings side by side on one GPU, as locally
     workers = resolve_workers(workers, config.device, len(jobs))
     shared = {"sweep": name, "seeds": list(seeds), "trials": names, **config.params(), **(params or {})}
-    with tracking.sweep_run(name, shared, resume=config.resume) as parent:
+    # Under torchrun rank 0 alone records the sweep (as ``fit`` its trainings); the other ranks train alongside.
+    with tracking.sweep_run(name, shared, resume=config.resume) if dist.is_main else contextlib.nullcontext() as parent:
         parent_id = parent.info.run_id if parent is not None else None
         context = _Context(name, data, config, task, evaluate)
         if executor == "ray":  # one Ray task per training; its runs nest under this one (see engine.executors)
@@ -220,7 +227,11 @@ def sweep(
 
 def resolve_workers(workers: int, device: str = "auto", jobs: int | None = None) -> int:
     """How many trainings a sweep runs at once: ``workers``, or with 0 one per CPU core this process may
-    use -- on a CPU only (a GPU sweep trains one at a time) -- and never more than ``jobs``."""
+    use -- on a CPU only (a GPU sweep trains one at a time) -- and never more than ``jobs``; one under
+    torchrun (``WORLD_SIZE`` > 1: the ranks train each configuration together, in DDP)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (
+            torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
     if workers == 0:
         on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         workers = 1 if on_gpu else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
