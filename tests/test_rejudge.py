@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dla_repro.analysis.claims import REPRODUCED, claims_table, compare
+from dla_repro.analysis.claims import DESCRIPTIVE, REPRODUCED, claims_table, compare
 from dla_repro.analysis.report import collect_claims
 from dla_repro.experiments import rejudge as rejudge_module
 from dla_repro.experiments import study
@@ -79,6 +79,16 @@ def test_rejudge_table_keeps_extra_columns_and_refuses_claims_it_cannot_find():
         rejudge_table(old.assign(claim="a claim nobody made"), pn.claims(0.02))
     with pytest.raises(ValueError, match="compares"):
         rejudge_table(old.assign(b="someone else"), pn.claims(0.02))
+
+
+def test_a_claim_declared_descriptive_is_rejudged_as_judge_gives_it():
+    old = _old_table(0.02)
+    marked = [dataclasses.replace(c, descriptive="short budget") if i == 0 else c
+              for i, c in enumerate(pn.claims(0.02))]
+    new = rejudge_table(old, marked)
+    assert new["verdict"].iloc[0] == DESCRIPTIVE and "short budget" in new["note"].iloc[0]
+    assert (new["verdict"].iloc[1:] != DESCRIPTIVE).all()
+    assert new["delta"].iloc[0] == pytest.approx(old["delta"].iloc[0])  # measured all the same
 
 
 def test_the_committed_quick_tables_are_what_the_current_rule_says():

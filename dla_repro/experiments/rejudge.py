@@ -61,7 +61,7 @@ import pandas as pd
 from ..analysis.claims import Verdict, claims_table, compare, holm
 from ..paths import repo_root
 from . import study
-from .study import Claim, undefined_verdict
+from .study import Claim, described, undefined_verdict
 
 __all__ = ["SUFFIX", "RUNS_SUFFIX", "NOT_REJUDGED", "HOOK", "GROUPS_HOOK", "notebook_parameters_at",
            "synthetic_config", "unchanged", "paper_module", "declared_claims", "runs_groups", "rejudge_table",
@@ -206,7 +206,7 @@ def rejudge_table(table: pd.DataFrame, claims: Sequence[Claim], post: Post = unc
         if len(xa) != row["n_a"] or len(xb) != row["n_b"]:
             raise ValueError(f"claim {c.text!r}: {len(xa)}/{len(xb)} per-seed values for n = {row['n_a']}/{row['n_b']}")
         if not xa or not xb:
-            verdicts.append(undefined_verdict(c, xa, xb, names, label))
+            verdicts.append(described(c, undefined_verdict(c, xa, xb, names, label)))
             continue
         paired = c.paired and _recorded_paired(row) and len(xa) == len(xb)
         v = compare(c.text, xa, xb, metric=label, names=names, expect=c.expect, min_effect=c.min_effect,
@@ -214,7 +214,7 @@ def rejudge_table(table: pd.DataFrame, claims: Sequence[Claim], post: Post = unc
         if c.paired and not paired:
             why = "not paired: the table does not record that both sides ran the same seeds (Welch instead)"
             v = dataclasses.replace(v, note="; ".join(n for n in (v.note, why) if n))
-        verdicts.append(v)
+        verdicts.append(described(c, v))
     out = claims_table([post(v) for v in holm(verdicts)])
     if "plan_sha256" in table:  # the plan the claims were pre-registered under: the rule changed, not the plan
         plan = table["plan_sha256"].astype(object)  # an all-empty column reads back from a CSV as float NaN

@@ -460,6 +460,15 @@ def _has(runs: pd.DataFrame, metric: str | Sequence[str]) -> bool:
     return bool(cols) and all(c in runs for c in cols)
 
 
+def described(c: Claim, v: Verdict) -> Verdict:
+    """``v`` as the verdict of a claim declared descriptive (``c.descriptive``): the numbers kept, the verdict
+    :data:`~dla_repro.analysis.claims.DESCRIPTIVE`, the declared reason as note and reading; else ``v``."""
+    if not c.descriptive:
+        return v
+    return dataclasses.replace(v, verdict=DESCRIPTIVE, note="; ".join(n for n in (c.descriptive, v.note) if n),
+                               reading=f"declared descriptive before training: {c.descriptive}")
+
+
 def undefined_verdict(c: Claim, xa: Sequence[float], xb: Sequence[float], names: tuple[str, str],
                       label: str) -> Verdict:
     """The verdict of a claim whose metric is undefined for a side (no finite value): inconclusive, saying so."""
@@ -825,7 +834,7 @@ def judge(
         names = c.labels or (c.a, c.b)
         label = c.label or (c.metric if isinstance(c.metric, str) else ", ".join(c.metric))
         if not xa or not xb:
-            out.append(undefined_verdict(c, xa, xb, names, label))
+            out.append(described(c, undefined_verdict(c, xa, xb, names, label)))
             continue
         paired, note = False, ""
         if c.paired:
@@ -840,10 +849,7 @@ def judge(
                     tolerance=c.tolerance, floor=c.floor, paired=paired, alpha=alpha, family=c.family)
         if note:
             v = dataclasses.replace(v, note="; ".join(n for n in (v.note, note) if n))
-        if c.descriptive:
-            v = dataclasses.replace(v, verdict=DESCRIPTIVE, note="; ".join(n for n in (c.descriptive, v.note) if n),
-                                    reading=f"declared descriptive before training: {c.descriptive}")
-        out.append(v)
+        out.append(described(c, v))
     out = holm(out, alpha)
     if plan is not None:
         out = [dataclasses.replace(v, plan_sha256=plan.sha256) for v in out]
