@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from . import launch, pipeline, tracking
+from . import interrupts, launch, pipeline, tracking
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -84,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
           + (" (resuming)" if args.resume else "")
           + (f", sweeps as Ray tasks on {args.address or 'a local Ray instance per notebook'}"
              if args.executor == "ray" else ""))
-    with _sigterm_as_interrupt(), mock.patch.dict(os.environ, executor) if executor else contextlib.nullcontext():
+    with interrupts.sigterm_as_interrupt(), mock.patch.dict(os.environ, executor) if executor else contextlib.nullcontext():
         results = pipeline.run(jobs, n_jobs=args.jobs, keep_going=args.keep_going)
     failed = [r for r in results if r.status == pipeline.FAILED]
     interrupted = [r for r in results if r.status == pipeline.INTERRUPTED]
@@ -96,19 +95,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     print(f"dla-repro: {len(results) - len(failed)} ok, {len(failed)} failed, {not_run} not run")
     return 1 if failed or not_run else 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (``kill``, a scheduler's timeout) ends a run like Ctrl-C: recorded, runs closed."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def port_problem(host: str, port: int) -> str | None:

@@ -56,3 +56,17 @@ def deferred() -> Iterator[None]:
         held, _held = _held, None
         if held:
             signal.raise_signal(held[0])  # the restored handler runs now: KeyboardInterrupt, the CLI's, exit
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's timeout, torchrun stopping the other ranks) ends a run like Ctrl-C:
+    ``KeyboardInterrupt`` in the main thread, so runs are recorded and closed; the previous handler after."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

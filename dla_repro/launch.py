@@ -288,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    from .cli import _sigterm_as_interrupt  # torchrun stops the other ranks with SIGTERM when one fails
+    from .interrupts import sigterm_as_interrupt  # torchrun stops the other ranks with SIGTERM when one fails
 
     rank = int(os.environ.get("RANK", "0"))
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             return _run_rank0(args) if rank == 0 else _run_other_rank(args, rank)
     except pipeline.PipelineError as exc:
         print(f"dla-repro[rank {rank}]: error: {exc}", file=sys.stderr)
