@@ -96,6 +96,19 @@ def _reset_mlflow_state() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that sets torch's thread count (e.g. to one, as a worker does) leaves it as it found it: on a
+    CPU the count changes seeded initialisations (``tests/test_segmenter_identity.py`` failed after such a
+    test in CI)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_store(tmp_path, monkeypatch):
     before = {name for name in REPO_STATE if (repo_root() / name).exists()}
     store = tmp_path / "mlstore"

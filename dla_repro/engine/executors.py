@@ -159,6 +159,25 @@ def _cancel(ray, refs: list, grace_s: float) -> None:
         ray.cancel(ref, force=True)
 
 
+def _close_left_running(parent_run_id: str | None) -> list[str]:
+    """Mark KILLED every run still RUNNING under ``parent_run_id`` once its tasks are cancelled; their ids.
+
+    A task forced off after the grace period, or interrupted inside a write to the store (Ray raises the
+    interrupt in the task's thread, which :mod:`dla_repro.interrupts` cannot defer), cannot close its own run;
+    the driver, the one process still standing, does (seen on a loaded CI machine: a run left RUNNING)."""
+    if not parent_run_id:
+        return []
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    parent = client.get_run(parent_run_id)
+    left = client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    for run in left:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in left]
+
+
 def map_on_ray(function: Callable[..., Any], jobs: Sequence[tuple], *, shared: Any = None,
                environ: Mapping[str, str] | None = None, label: str = "ray", names: Sequence[str] | None = None,
                devices: Sequence[str] | None = None, gpu_share: float = 1.0, address: str | None = None,
@@ -205,4 +224,7 @@ def map_on_ray(function: Callable[..., Any], jobs: Sequence[tuple], *, shared: A
     except BaseException:
         if pending:
             _cancel(ray, pending, _CANCEL_GRACE_S)
+            closed = _close_left_running(env_vars.get(tracking.PARENT_RUN_ENV))
+            if closed:
+                progress.report(f"{label}: marked KILLED {len(closed)} run(s) their cancelled tasks left open")
         raise
