@@ -115,22 +115,31 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def _mlflow_bin() -> str:
+    """The ``mlflow`` command of this environment (beside this Python), else the one on PATH."""
+    return shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow") or "mlflow"
+
+
+def _port_refused(args: argparse.Namespace, hint: str = "") -> bool:
+    """Print why ``args.host:args.port`` cannot be listened on (True), or return False."""
+    problem = port_problem(args.host, args.port)
+    if problem is not None:
+        print(f"dla-repro ui: cannot listen on {args.host}:{args.port}: {problem}{hint}; choose a free port "
+              f"with --port N", file=sys.stderr)
+    return problem is not None
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     if args.serve:
         return _cmd_serve(args)
-    if not args.dry_run:
-        problem = port_problem(args.host, args.port)
-        if problem is not None:
-            print(f"dla-repro ui: cannot listen on {args.host}:{args.port}: {problem} "
-                  f"(another MLflow UI?); choose a free port with --port N", file=sys.stderr)
-            return 1
+    if not args.dry_run and _port_refused(args, " (another MLflow UI?)"):
+        return 1
     uri = tracking.configure()
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} over {tracking.redacted_uri(uri)}")
     for name, url in tracking.experiment_urls(base):
         print(f"  {name:<28} {url}")
-    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
-    cmd = [mlflow_bin or "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = [_mlflow_bin(), "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     if tracking._database_store(uri):
         cmd += ["--default-artifact-root", tracking.artifact_root().as_uri()]
     if args.dry_run:
@@ -143,18 +152,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     """``ui --serve``: a team tracking server (``dla_repro.server``)."""
     from . import server
 
-    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     try:
-        command = server.server_command(mlflow_bin or "mlflow", args.backend_store_uri, args.artifacts_destination,
+        command = server.server_command(_mlflow_bin(), args.backend_store_uri, args.artifacts_destination,
                                         args.host, args.port, args.workers, args.allowed_hosts)
     except server.ServeError as exc:
         print(f"dla-repro ui: error: {exc}", file=sys.stderr)
         return 2
     if not args.dry_run:
-        problem = port_problem(args.host, args.port)
-        if problem is not None:
-            print(f"dla-repro ui: cannot listen on {args.host}:{args.port}: {problem}; choose a free port with "
-                  f"--port N", file=sys.stderr)
+        if _port_refused(args):
             return 1
         problem = server.backend_problem(command.backend_store_uri)
         if problem is not None:
