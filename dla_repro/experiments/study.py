@@ -460,6 +460,16 @@ def _has(runs: pd.DataFrame, metric: str | Sequence[str]) -> bool:
     return bool(cols) and all(c in runs for c in cols)
 
 
+def short_of(dataset: str, iterations: int, budget: int) -> bool:
+    """Whether a run on ``dataset`` with ``iterations`` updates stops short of ``budget`` -- the budget a pilot
+    froze for some claims on the synthetic data.  Real data and runs counted in epochs (``iterations`` 0) are
+    never short: their budget is the paper's recipe.  A paper module turns it into its claims' ``descriptive``
+    reason."""
+    from ..data.synthetic import dataset_version
+
+    return dataset_version(dataset) is not None and 0 < int(iterations) < int(budget)
+
+
 def described(c: Claim, v: Verdict) -> Verdict:
     """``v`` as the verdict of a claim declared descriptive (``c.descriptive``): the numbers kept, the verdict
     :data:`~dla_repro.analysis.claims.DESCRIPTIVE`, the declared reason as note and reading; else ``v``."""

@@ -354,7 +354,7 @@ def short_budget(dataset: str, iterations: int) -> str:
     reproduced* into *inconclusive* through one such seed; README "Replication").  Such a run is
     descriptive.  Real data (the paper's recipe, in epochs) is judged as run.
     """
-    if not str(dataset).startswith("synthetic") or not 0 < int(iterations) < FROZEN_ITERATIONS:
+    if not study.short_of(dataset, iterations, FROZEN_ITERATIONS):
         return ""
     return (f"{int(iterations):,} updates, short of the {FROZEN_ITERATIONS:,} the pilot froze for these claims: the "
             "arms have not converged, so when a seed leaves the plateau -- and the verdict -- can change with the "
